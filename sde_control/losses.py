@@ -1,0 +1,58 @@
+r"""Path-space losses on the log-weight of :mod:`sde_control.weights`.
+
+* KL (reverse KL, the PIS/DIS loss): ``L(u) = -E[log w]`` with gradients through the simulated
+  path. The noise term ``int u . dW`` has mean zero and is left out of the loss (not of the
+  estimators). Optionally by ``torchsde.sdeint_adjoint`` on the continuous-time weight, for
+  memory independent of the number of steps.
+* Log-variance (Richter & Berner): simulate with the detached control ``v = u.detach()``,
+  weight the path with ``u``, and minimise the sample variance of ``log w_u``; no gradient flows
+  through the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .integrate import Control, simulate, simulate_continuous
+from .references import Reference
+from .target import Target, checked_log_prob
+from .weights import log_weight
+
+
+@dataclass
+class LossOutput:
+    """The scalar loss and the (detached) log-weights of the batch, for monitoring."""
+
+    loss: Tensor
+    log_weights: Tensor
+
+
+def kl_loss(
+    target: Target,
+    reference: Reference,
+    control: Control,
+    x0: Tensor,
+    grid: Tensor,
+    *,
+    adjoint: bool = False,
+    adjoint_method: str = "reversible_heun",
+) -> LossOutput:
+    """``-mean(log w)`` without the mean-zero noise term; ``adjoint=True`` uses the continuous weight."""
+    if adjoint:
+        x_T, energy = simulate_continuous(control, reference, x0, grid, method=adjoint_method)
+        objective = checked_log_prob(target, x_T) + reference.log_ratio_continuous(x0, x_T) - energy
+        return LossOutput(-objective.mean(), objective.detach())
+    path = simulate(control, reference, x0, grid)
+    objective = checked_log_prob(target, path.terminal) + reference.log_ratio(path.states, path.grid) + path.control_term
+    return LossOutput(-objective.mean(), (objective - path.noise_term).detach())
+
+
+def log_variance_loss(target: Target, reference: Reference, control: Control, x0: Tensor, grid: Tensor) -> LossOutput:
+    """Sample variance of ``log w_u`` on paths driven by ``u.detach()``."""
+    log_w = log_weight(target, reference, simulate(control, reference, x0, grid, detach_drift=True))
+    return LossOutput(log_w.var(), log_w.detach())
+
+
+LOSSES = {"kl": kl_loss, "lv": log_variance_loss}

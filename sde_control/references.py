@@ -1,0 +1,241 @@
+r"""Reference processes of the samplers, in generation time ``s in [0, T]``.
+
+A sampler simulates the controlled SDE
+
+.. math::  dX_s = \big(m(s) X_s + \sigma(s) u(X_s, s)\big) ds + \sigma(s) dW_s, \quad X_0 \sim p_0,
+
+on a grid ``0 = s_0 < ... < s_N = T``. Each step is a Gaussian transition with the control held
+at its left end,
+
+.. math::  q_u(X_{k+1} | X_k) = N\big(A_k X_k + B_k u(X_k, s_k),\; v_k I\big),
+
+and ``q_0`` is the same step without control. A reference also has a *backward kernel*
+``p_ref(X_k | X_{k+1}) = N(b_k X_{k+1}, c_k I)``: the path density of the target-started
+reference read backwards. The importance weight of a simulated path is then the ratio of the
+discrete path densities (CONVENTIONS.md section 2),
+
+.. math::  \log w = \log\rho(X_N) + \underbrace{\log p_{ref}(X_{0:N-1}|X_N) - \log q_0(X_{0:N})}_{\text{log\_ratio}}
+           + \sum_k \log \frac{q_0}{q_u}(X_{k+1}|X_k),
+
+with ``E[w] = Z`` exactly at any step count and for any control. ``log_ratio`` involves the
+path only (no control); the last sum is the control's running cost (:mod:`sde_control.weights`).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.distributions import Normal
+
+from .sdes import LinearSDE
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Per-step coefficients of ``q_u(X_{k+1}|X_k) = N(A_k X_k + B_k u_k, v_k I)``, each of shape (N,)."""
+
+    scale: Tensor
+    control: Tensor
+    var: Tensor
+
+    def to(self, dtype: torch.dtype) -> Steps:
+        return Steps(self.scale.to(dtype), self.control.to(dtype), self.var.to(dtype))
+
+
+def time_grid(T: float, steps: int, device: torch.device | str | None = None) -> Tensor:
+    """Uniform grid ``s_k = k T / N``, ``k = 0..N``, in float64."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"the number of steps must be a positive int, got {steps!r}")
+    return torch.linspace(0.0, T, steps + 1, dtype=torch.float64, device=device)
+
+
+def _log_normal(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """``log N(x; mean, var I)`` summed over the last dimension (``var`` broadcasts against ``x``)."""
+    return Normal(mean, var.sqrt(), validate_args=False).log_prob(x).sum(-1)
+
+
+def _exact_control_coefficient(scale: Tensor, h: Tensor, sigma: Tensor) -> Tensor:
+    r"""``B = \int_0^h e^{m (h - r)} \sigma dr = \sigma h \, \mathrm{expm1}(mh) / (mh)`` with ``mh = log A``."""
+    z = torch.log(scale)
+    phi = torch.where(z.abs() < 1e-8, 1.0 + z / 2, torch.expm1(z) / torch.where(z == 0, 1.0, z))
+    return sigma * h * phi
+
+
+class Reference(abc.ABC):
+    """Uncontrolled generation process, its discretisation and its backward kernel."""
+
+    def __init__(self, sde: LinearSDE, dim: int):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.sde, self.dim, self.T = sde, dim, sde.T
+
+    @abc.abstractmethod
+    def drift_coefficient(self, s: Tensor) -> Tensor:
+        """``m(s)``: the uncontrolled drift is ``m(s) x``."""
+
+    @abc.abstractmethod
+    def diffusion(self, s: Tensor) -> Tensor:
+        """``sigma(s)``."""
+
+    @abc.abstractmethod
+    def forward_steps(self, grid: Tensor) -> Steps:
+        """Coefficients of the simulated step ``q_u`` on ``grid``."""
+
+    @abc.abstractmethod
+    def backward_steps(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        """``(b_k, c_k)`` with ``p_ref(X_k | X_{k+1}) = N(b_k X_{k+1}, c_k I)``."""
+
+    @abc.abstractmethod
+    def sample_initial(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """``n`` draws of ``X_0 ~ p_0``, shape (n, dim), float32."""
+
+    def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
+        r"""``\log p_ref(X_{0:N-1} | X_N) - \log q_0(X_{0:N})`` for states of shape (N+1, batch, dim)."""
+        steps = self.forward_steps(grid).to(states.dtype)
+        b, c = (v.to(states.dtype)[:, None, None] for v in self.backward_steps(grid))
+        x, x_next = states[:-1], states[1:]
+        backward = _log_normal(x, b * x_next, c)
+        forward = _log_normal(x_next, steps.scale[:, None, None] * x, steps.var[:, None, None])
+        return (backward - forward).sum(0) - self.log_initial(states[0])
+
+    @abc.abstractmethod
+    def log_initial(self, x0: Tensor) -> Tensor:
+        """``log p_0(X_0)``."""
+
+    @abc.abstractmethod
+    def log_ratio_continuous(self, x0: Tensor, xN: Tensor) -> Tensor:
+        """The continuous-time limit of :meth:`log_ratio`, from the end points only (adjoint training)."""
+
+
+class TimeReversalReference(Reference):
+    r"""DIS reference: the time reversal of a noising SDE, without its score.
+
+    In generation time the uncontrolled drift is ``m(s) = -f(T - s)``, ``sigma(s) = g(T - s)``,
+    started from the prior ``p_0 = N(mean, std^2 I)`` (default ``N(0, I)``, an approximation
+    of the law of ``Y_T`` that the weight accounts for through ``-log p_0(X_0)``). The backward
+    kernel is the noising SDE's exact transition over ``[T - s_{k+1}, T - s_k]``. The optimal
+    control is ``u*(x, s) = sigma(s) grad log p_{T-s}(x)`` with ``p_t`` the noised target.
+
+    ``integrator="euler"``: Euler-Maruyama steps (the DIS paper). ``"exponential"``: the linear
+    drift integrated exactly (``A = 1/a``, ``v = gamma / a^2``), which makes the Gaussian parts
+    of the kernel ratio cancel: ``log_ratio = -log p_0(X_0) + d sum_k log(1/a_k)``, the discrete
+    twin of ``int div(m) ds``.
+    """
+
+    def __init__(
+        self,
+        sde: LinearSDE,
+        dim: int,
+        prior_mean: Tensor | float = 0.0,
+        prior_std: float = 1.0,
+        integrator: str = "euler",
+    ):
+        super().__init__(sde, dim)
+        if integrator not in ("euler", "exponential"):
+            raise ValueError(f"integrator must be 'euler' or 'exponential', got {integrator!r}")
+        if prior_std <= 0:
+            raise ValueError(f"prior_std must be positive, got {prior_std}")
+        self.prior_mean = torch.as_tensor(prior_mean, dtype=torch.float32).expand(dim).clone()
+        self.prior_std = float(prior_std)
+        self.integrator = integrator
+
+    def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
+        if self.integrator == "euler":
+            return super().log_ratio(states, grid)
+        a, _ = self.backward_steps(grid)
+        return -self.log_initial(states[0]) - self.dim * float(torch.log(a).sum())
+
+    def _noising_time(self, s: Tensor) -> Tensor:
+        return self.T - torch.as_tensor(s, dtype=torch.float64)
+
+    def drift_coefficient(self, s: Tensor) -> Tensor:
+        return -self.sde.f(self._noising_time(s))
+
+    def diffusion(self, s: Tensor) -> Tensor:
+        return self.sde.g(self._noising_time(s))
+
+    def forward_steps(self, grid: Tensor) -> Steps:
+        s, h = grid[:-1], grid.diff()
+        if self.integrator == "euler":
+            sigma = self.diffusion(s)
+            return Steps(1.0 + self.drift_coefficient(s) * h, sigma * h, sigma**2 * h)
+        a, gamma = self.backward_steps(grid)
+        scale = 1.0 / a
+        return Steps(scale, _exact_control_coefficient(scale, h, self.diffusion(s + h / 2)), gamma / a**2)
+
+    def backward_steps(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        t = self._noising_time(grid)
+        return self.sde.transition(t[1:], t[:-1])
+
+    def sample_initial(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        noise = torch.randn(n, self.dim, device=device)
+        return self.prior_mean.to(noise.device) + self.prior_std * noise
+
+    def log_initial(self, x0: Tensor) -> Tensor:
+        mean = self.prior_mean.to(x0)
+        return _log_normal(x0, mean, torch.full_like(mean, self.prior_std**2))
+
+    def log_ratio_continuous(self, x0: Tensor, xN: Tensor) -> Tensor:
+        a, _ = self.sde.transition(torch.tensor(0.0, dtype=torch.float64), torch.tensor(self.T, dtype=torch.float64))
+        return -self.log_initial(x0) - self.dim * math.log(float(a))
+
+
+class ForwardReference(Reference):
+    r"""PIS/DDS reference: an SDE run forwards in generation time from ``N(0, std0^2 I)``.
+
+    ``m(s) = f(s)``, ``sigma(s) = g(s)``; steps use the exact transition, so the uncontrolled
+    chain has the exact terminal marginal ``pi_T = N(0, v_N I)``. Its backward kernel is the
+    reversed Gaussian chain, ``b_k = v_k A_k / v_{k+1}``, ``c_k = v_k (1 - v_k A_k^2 / v_{k+1})``
+    with ``v_k`` the marginal variances, and the path ratio telescopes to
+    ``log_ratio = -log pi_T(X_N)``.
+
+    PIS: ``ScaledBrownian(0.2, T=5)`` from the origin (``std0 = 0``); DDS: a VP process read
+    from noise to data (``VP().time_flipped()``) from its stationary law (``std0 = 1``).
+    """
+
+    def __init__(self, sde: LinearSDE, dim: int, initial_std: float = 0.0):
+        super().__init__(sde, dim)
+        if initial_std < 0:
+            raise ValueError(f"initial_std must be non-negative, got {initial_std}")
+        self.initial_std = float(initial_std)
+        _, var_T = sde.marginal(torch.tensor(sde.T), var0=self.initial_std**2)
+        self.terminal_var = float(var_T)
+
+    def drift_coefficient(self, s: Tensor) -> Tensor:
+        return self.sde.f(torch.as_tensor(s, dtype=torch.float64))
+
+    def diffusion(self, s: Tensor) -> Tensor:
+        return self.sde.g(torch.as_tensor(s, dtype=torch.float64))
+
+    def forward_steps(self, grid: Tensor) -> Steps:
+        s, h = grid[:-1], grid.diff()
+        scale, var = self.sde.transition(s, grid[1:])
+        return Steps(scale, _exact_control_coefficient(scale, h, self.diffusion(s + h / 2)), var)
+
+    def backward_steps(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+        _, v = self.sde.marginal(grid, var0=self.initial_std**2)
+        scale = self.forward_steps(grid).scale
+        b = v[:-1] * scale / v[1:]
+        return b, v[:-1] * (1.0 - b * scale)
+
+    def sample_initial(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        return self.initial_std * torch.randn(n, self.dim, device=device)
+
+    def log_initial(self, x0: Tensor) -> Tensor:
+        if self.initial_std == 0:
+            raise ValueError("p_0 is a point mass; use log_ratio, which telescopes it away")
+        return _log_normal(x0, torch.zeros_like(x0), torch.full_like(x0, self.initial_std**2))
+
+    def log_terminal(self, x: Tensor) -> Tensor:
+        """``log pi_T(x)``, the uncontrolled terminal marginal."""
+        return _log_normal(x, torch.zeros_like(x), torch.full_like(x, self.terminal_var))
+
+    def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
+        return -self.log_terminal(states[-1])
+
+    def log_ratio_continuous(self, x0: Tensor, xN: Tensor) -> Tensor:
+        return -self.log_terminal(xN)
