@@ -10,7 +10,7 @@ interpolation ``lerp(prior score, target score, s / T)``), ``lambda(s)`` a fixed
 ``sigma(s)``, otherwise 1), ``NN_1`` a Fourier-feature MLP and ``NN_2`` a time network. The last
 layer of ``NN_1`` and the last weights of ``NN_2`` start at zero, so training starts from the
 reference process plus the guidance term with the weight's initial bias. ``clip`` (``c``) is an
-attribute that training schedules may change.
+attribute that training schedules may change (saved with the weights).
 
 Networks that depend on time through separate time features provide ``on_grid(times)``, which
 evaluates those features for all grid times in one batch and returns the per-step control
@@ -77,11 +77,20 @@ class ControlMLP(nn.Module):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be at least 2, got {depth}")
-        self.dim, self.clip = dim, clip
+        self.dim = dim
+        self.register_buffer("clip_value", torch.tensor(float(clip)))  # saved with the weights
         self.input = nn.Linear(dim, width)
         self.time = TimeNetwork(width, width, depth=2)
         self.body = nn.Sequential(nn.GELU(), _mlp([width] * (depth - 1) + [dim], nn.GELU))
         _init_last(self.body[-1][-1], 0.0)
+
+    @property
+    def clip(self) -> float:
+        return float(self.clip_value)
+
+    @clip.setter
+    def clip(self, value: float) -> None:
+        self.clip_value.fill_(value)
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         return self._evaluate(x, self.time(s))
@@ -94,7 +103,8 @@ class ControlMLP(nn.Module):
     def _evaluate(self, x: Tensor, time_features: Tensor) -> Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"control expects states of dimension {self.dim}, got shape {tuple(x.shape)}")
-        return self.body(self.input(x) + time_features).clamp(-self.clip, self.clip)
+        c = self.clip_value
+        return self.body(self.input(x) + time_features).clamp(-c, c)
 
 
 class ScoreInformedControl(nn.Module):
@@ -137,7 +147,7 @@ class ScoreInformedControl(nn.Module):
 
     def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
         """``(x, k) -> u(x, times[k])``; the time networks run once on all grid times."""
-        c = self.clip
+        c = self.network.clip_value
         network = self.network.on_grid(times)
         weight = self.weight(times).clamp(-c, c)
         if self.scale is not None:

@@ -39,20 +39,13 @@ class Sampler:
     ``"mlp"`` (plain network) or an ``nn.Module`` mapping ``(x, s)`` to a control of ``x``'s shape.
     """
 
-    def __init__(
-        self,
-        target: Target,
-        reference: Reference,
-        control: str | nn.Module,
-        *,
-        steps: int,
-        width: int,
-        depth: int,
-        config: dict[str, Any],
-    ):
+    def __init__(self, target: Target, config: dict[str, Any]):
         validate_target(target)
-        self.target, self.reference, self.steps, self.config = target, reference, steps, config
-        time_grid(reference.T, steps)  # validates steps
+        self.target, self.config = target, config
+        self.reference = self._reference()
+        steps, control, width, depth = (config[k] for k in ("steps", "control", "width", "depth"))
+        self.steps = steps
+        time_grid(self.reference.T, steps)  # validates steps
         if isinstance(control, nn.Module):
             self.control = control
         elif control == "score":
@@ -63,6 +56,9 @@ class Sampler:
             raise ValueError(f"control must be 'score', 'mlp' or an nn.Module, got {control!r}")
         self._check_control()
         self.trainer = Trainer(self.control)
+
+    def _reference(self) -> Reference:
+        raise NotImplementedError
 
     def _score_control(self, width: int, depth: int) -> nn.Module:
         raise NotImplementedError
@@ -276,10 +272,12 @@ class DIS(Sampler):
         width: int = 64,
         depth: int = 4,
     ):
-        config = dict(steps=steps, beta_min=beta_min, beta_max=beta_max, T=T, integrator=integrator,
-                      control=control, width=width, depth=depth)
-        reference = TimeReversalReference(VP(beta_min, beta_max, T), target.dim, integrator=integrator)
-        super().__init__(target, reference, control, steps=steps, width=width, depth=depth, config=config)
+        super().__init__(target, dict(steps=steps, beta_min=beta_min, beta_max=beta_max, T=T, integrator=integrator,
+                                      control=control, width=width, depth=depth))
+
+    def _reference(self) -> Reference:
+        c = self.config
+        return TimeReversalReference(VP(c["beta_min"], c["beta_max"], c["T"]), self.target.dim, integrator=c["integrator"])
 
     def _score_control(self, width: int, depth: int) -> nn.Module:
         target, reference = self.target, self.reference
@@ -309,9 +307,10 @@ class PIS(Sampler):
         width: int = 64,
         depth: int = 4,
     ):
-        config = dict(steps=steps, sigma2=sigma2, T=T, control=control, width=width, depth=depth)
-        reference = ForwardReference(ScaledBrownian(sigma2, T), target.dim, initial_std=0.0)
-        super().__init__(target, reference, control, steps=steps, width=width, depth=depth, config=config)
+        super().__init__(target, dict(steps=steps, sigma2=sigma2, T=T, control=control, width=width, depth=depth))
+
+    def _reference(self) -> Reference:
+        return ForwardReference(ScaledBrownian(self.config["sigma2"], self.config["T"]), self.target.dim, initial_std=0.0)
 
     def _score_control(self, width: int, depth: int) -> nn.Module:
         return ScoreInformedControl(self.target.dim, _target_score(self.target), weight_bias=0.01, width=width, depth=depth)
@@ -334,9 +333,12 @@ class DDS(Sampler):
         width: int = 64,
         depth: int = 4,
     ):
-        config = dict(steps=steps, beta_min=beta_min, beta_max=beta_max, T=T, control=control, width=width, depth=depth)
-        reference = ForwardReference(VP(beta_min, beta_max, T).time_flipped(), target.dim, initial_std=1.0)
-        super().__init__(target, reference, control, steps=steps, width=width, depth=depth, config=config)
+        super().__init__(target, dict(steps=steps, beta_min=beta_min, beta_max=beta_max, T=T, control=control,
+                                      width=width, depth=depth))
+
+    def _reference(self) -> Reference:
+        c = self.config
+        return ForwardReference(VP(c["beta_min"], c["beta_max"], c["T"]).time_flipped(), self.target.dim, initial_std=1.0)
 
     def _score_control(self, width: int, depth: int) -> nn.Module:
         return ScoreInformedControl(self.target.dim, _target_score(self.target), weight_bias=0.01, width=width, depth=depth)

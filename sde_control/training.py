@@ -153,7 +153,7 @@ class Trainer:
         saved = ("no checkpoint was written" if self.last_checkpoint is None
                  else f"the last checkpoint holds iteration {self.last_checkpoint}")
         raise TrainingDivergedError(
-            f"training stopped at iteration {self.iteration}: the {what} is {float(value)}. No update with it was "
+            f"training stopped at iteration {self.iteration}: the {what} is {value.detach().item()}. No update with it was "
             f"applied, so the weights are those of iteration {self.iteration}; {saved}. Try a smaller learning rate, "
             f"a tighter clip, or check the target's log_prob for overflow."
         )

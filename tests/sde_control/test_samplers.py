@@ -1,0 +1,142 @@
+"""Samplers end to end: bad input fails loudly, nothing is lost, save/load round trips."""
+
+import pytest
+import torch
+from torch import nn
+
+from sde_control import DDS, DIS, PIS, TargetError, TrainingDivergedError
+from sde_control import losses as losses_module
+from targets import Gaussian, Target
+
+GAUSSIAN = Gaussian(torch.tensor([1.0, -0.5]), 0.3, log_Z=0.7)
+
+
+class WrongShape(Target):
+    dim = 2
+
+    def log_prob(self, x):
+        return -x.square()  # (batch, dim) instead of (batch,)
+
+
+class NaNAt(Target):
+    """A standard normal density that returns NaN once ``calls`` exceeds ``after``."""
+
+    dim = 2
+
+    def __init__(self, after=0):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def log_prob(self, x):
+        self.calls += 1
+        value = -0.5 * x.square().sum(-1)
+        return value * float("nan") if self.calls > self.after else value
+
+
+@pytest.mark.parametrize("cls", [PIS, DIS, DDS])
+def test_bad_targets_are_rejected_at_construction(cls):
+    with pytest.raises(TargetError, match=r"must return shape \(batch,\)"):
+        cls(WrongShape())
+    with pytest.raises(TargetError, match="returned nan"):
+        cls(NaNAt(after=0))
+    with pytest.raises(TargetError, match="expected a targets.Target"):
+        cls(lambda x: -x.square().sum(-1))
+    bad_dim = Gaussian(torch.zeros(2))
+    bad_dim.dim = 0
+    with pytest.raises(TargetError, match="positive int"):
+        cls(bad_dim)
+
+
+def test_wrong_dimension_of_inputs_and_controls():
+    sampler = DIS(GAUSSIAN, steps=10)
+    from sde_control.target import checked_log_prob
+
+    with pytest.raises(TargetError, match=r"expects inputs of shape \(batch, 2\)"):
+        checked_log_prob(GAUSSIAN, torch.zeros(5, 3))
+
+    class ThreeDimensional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(2, 3)
+
+        def forward(self, x, s):
+            return self.layer(x)
+
+    with pytest.raises(TargetError, match="control maps states of shape"):
+        DIS(GAUSSIAN, control=ThreeDimensional())
+    with pytest.raises(ValueError, match="control must be"):
+        DIS(GAUSSIAN, control="transformer")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        sampler.fit(1, loss="l2", progress=False)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        DIS(GAUSSIAN, steps=0)
+
+
+def test_nan_from_target_mid_training_stops_and_keeps_last_checkpoint(tmp_path):
+    target = NaNAt(after=10**9)
+    sampler = PIS(target, steps=10)
+    path = tmp_path / "run.pt"
+    sampler.fit(4, batch_size=16, checkpoint=path, checkpoint_every=2, progress=False)
+    target.after = target.calls  # every later call returns NaN
+    with pytest.raises(TargetError, match="returned nan"):
+        sampler.fit(6, batch_size=16, checkpoint=path, checkpoint_every=2, progress=False, resume=False)
+    saved = torch.load(path, weights_only=False)["trainer"]
+    assert saved["iteration"] == 4
+    assert all(torch.isfinite(p).all() for p in saved["module"].values())
+
+
+def test_nan_loss_mid_training_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+    sampler = DDS(GAUSSIAN, steps=10)
+    original = losses_module.LOSSES["lv"]
+
+    def turns_nan(target, reference, control, x0, grid):
+        out = original(target, reference, control, x0, grid)
+        if sampler.trainer.iteration >= 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setitem(losses_module.LOSSES, "lv", turns_nan)
+    path = tmp_path / "run.pt"
+    with pytest.raises(TrainingDivergedError, match="iteration 5.*last checkpoint holds iteration 4"):
+        sampler.fit(10, batch_size=16, checkpoint=path, checkpoint_every=2, progress=False)
+    restored = DDS.load(path)
+    assert restored.trainer.iteration == 4
+    for p, q in zip(restored.control.parameters(), sampler.control.parameters()):
+        assert torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("cls", [PIS, DIS, DDS])
+def test_save_load_round_trip(cls, tmp_path):
+    sampler = cls(GAUSSIAN, steps=8, width=16, depth=3)
+    sampler.fit(3, batch_size=32, progress=False)
+    sampler.save(tmp_path / "s.pt")
+    loaded = cls.load(tmp_path / "s.pt")
+    assert loaded.config == sampler.config and loaded.trainer.iteration == 3
+    torch.manual_seed(1)
+    a = sampler.sample(50)
+    torch.manual_seed(1)
+    b = loaded.sample(50)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="holds a"):
+        (PIS if cls is not PIS else DIS).load(tmp_path / "s.pt")
+
+
+def test_resume_an_interrupted_fit(tmp_path, monkeypatch):
+    """An interrupted fit with a checkpoint continues where it stopped when called again."""
+    path = tmp_path / "run.pt"
+    sampler = PIS(GAUSSIAN, steps=8, width=16, depth=3)
+    original = losses_module.LOSSES["lv"]
+
+    def interrupt_at_6(target, reference, control, x0, grid):
+        if sampler.trainer.iteration == 6:
+            raise KeyboardInterrupt
+        return original(target, reference, control, x0, grid)
+
+    monkeypatch.setitem(losses_module.LOSSES, "lv", interrupt_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        sampler.fit(10, batch_size=16, checkpoint=path, checkpoint_every=3, progress=False)
+    monkeypatch.setitem(losses_module.LOSSES, "lv", original)
+    fresh = PIS(GAUSSIAN, steps=8, width=16, depth=3)
+    history = fresh.fit(10, batch_size=16, checkpoint=path, checkpoint_every=3, progress=False)
+    assert fresh.trainer.iteration == 10
+    assert [r["iteration"] for r in history] == list(range(1, 11))
