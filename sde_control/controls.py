@@ -93,18 +93,18 @@ class ControlMLP(nn.Module):
         self.clip_value.fill_(value)
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
-        return self._evaluate(x, self.time(s))
+        return self.on_grid(torch.as_tensor(s).reshape(1))(x, 0)
 
     def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
         """``(x, k) -> u(x, times[k])`` with the time features of all grid times computed at once."""
-        features = self.time(times)
-        return lambda x, k: self._evaluate(x, features[k])
+        features, c = self.time(times), self.clip
 
-    def _evaluate(self, x: Tensor, time_features: Tensor) -> Tensor:
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"control expects states of dimension {self.dim}, got shape {tuple(x.shape)}")
-        c = self.clip_value
-        return self.body(self.input(x) + time_features).clamp(-c, c)
+        def control(x: Tensor, k: int) -> Tensor:
+            if x.shape[-1] != self.dim:
+                raise ValueError(f"control expects states of dimension {self.dim}, got shape {tuple(x.shape)}")
+            return self.body(self.input(x) + features[k]).clamp(-c, c)
+
+        return control
 
 
 class ScoreInformedControl(nn.Module):
@@ -147,7 +147,7 @@ class ScoreInformedControl(nn.Module):
 
     def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
         """``(x, k) -> u(x, times[k])``; the time networks run once on all grid times."""
-        c = self.network.clip_value
+        c = self.clip
         network = self.network.on_grid(times)
         weight = self.weight(times).clamp(-c, c)
         if self.scale is not None:

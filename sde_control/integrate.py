@@ -87,6 +87,8 @@ class _DiscreteChain(nn.Module):
         k = round(float(tau))
         a1, b, std, c_control, c_noise = self.coefficients[k]
         x = y[:, : self.dim]
+        if self.detach_drift:
+            x = x.detach()  # the path carries no gradient: only the running costs do
         u = self.control(x, k)
         u_drive = u.detach() if self.detach_drift else u
         usq = u.square().sum(-1, keepdim=True)

@@ -128,9 +128,12 @@ def nearest_mode(samples: Tensor, means: Tensor) -> Tensor:
     return torch.cdist(samples.detach(), means.to(samples)).argmin(dim=1)
 
 
-def mode_fractions(samples: Tensor, means: Tensor) -> Tensor:
-    """``p_k`` = fraction of ``samples`` whose nearest mode is ``means[k]``; shape (K,), sums to one."""
-    counts = torch.bincount(nearest_mode(samples, means), minlength=means.shape[0])
+def mode_fractions(samples: Tensor, means: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``p_k`` = fraction of ``samples`` whose nearest mode is ``means[k]``; shape (K,), sums to one.
+
+    With ``weights`` (n,), e.g. self-normalised importance weights, each sample counts with its weight.
+    """
+    counts = torch.bincount(nearest_mode(samples, means), weights=weights, minlength=means.shape[0])
     return counts / counts.sum()
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.distributions import Normal
 
 from .sdes import LinearSDE
 
@@ -54,8 +53,10 @@ def time_grid(T: float, steps: int, device: torch.device | str | None = None) ->
 
 
 def _log_normal(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """``log N(x; mean, var I)`` summed over the last dimension (``var`` broadcasts against ``x``)."""
-    return Normal(mean, var.sqrt(), validate_args=False).log_prob(x).sum(-1)
+    """``log N(x; mean, var I) = -|x - mean|^2 / (2 var) - d/2 log(2 pi var)``, with ``var`` of shape
+    ``x.shape[:-1]`` or broadcastable to it (written out: ``torch.distributions.Normal`` would
+    expand ``var`` to the full shape of ``x`` and take its logarithm elementwise)."""
+    return -0.5 * ((x - mean).square().sum(-1) / var + x.shape[-1] * torch.log(2 * math.pi * var))
 
 
 def _exact_control_coefficient(scale: Tensor, h: Tensor, sigma: Tensor) -> Tensor:
@@ -96,10 +97,10 @@ class Reference(abc.ABC):
     def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
         r"""``\log p_ref(X_{0:N-1} | X_N) - \log q_0(X_{0:N})`` for states of shape (N+1, batch, dim)."""
         steps = self.forward_steps(grid).to(states.dtype)
-        b, c = (v.to(states.dtype)[:, None, None] for v in self.backward_steps(grid))
+        b, c = (v.to(states.dtype)[:, None] for v in self.backward_steps(grid))
         x, x_next = states[:-1], states[1:]
-        backward = _log_normal(x, b * x_next, c)
-        forward = _log_normal(x_next, steps.scale[:, None, None] * x, steps.var[:, None, None])
+        backward = _log_normal(x, b[..., None] * x_next, c)
+        forward = _log_normal(x_next, steps.scale[:, None, None] * x, steps.var[:, None])
         return (backward - forward).sum(0) - self.log_initial(states[0])
 
     @abc.abstractmethod
@@ -176,8 +177,7 @@ class TimeReversalReference(Reference):
         return self.prior_mean.to(noise.device) + self.prior_std * noise
 
     def log_initial(self, x0: Tensor) -> Tensor:
-        mean = self.prior_mean.to(x0)
-        return _log_normal(x0, mean, torch.full_like(mean, self.prior_std**2))
+        return _log_normal(x0, self.prior_mean.to(x0), torch.tensor(self.prior_std**2).to(x0))
 
     def log_ratio_continuous(self, x0: Tensor, xN: Tensor) -> Tensor:
         a, _ = self.sde.transition(torch.tensor(0.0, dtype=torch.float64), torch.tensor(self.T, dtype=torch.float64))
@@ -228,11 +228,11 @@ class ForwardReference(Reference):
     def log_initial(self, x0: Tensor) -> Tensor:
         if self.initial_std == 0:
             raise ValueError("p_0 is a point mass; use log_ratio, which telescopes it away")
-        return _log_normal(x0, torch.zeros_like(x0), torch.full_like(x0, self.initial_std**2))
+        return _log_normal(x0, torch.zeros_like(x0), torch.tensor(self.initial_std**2).to(x0))
 
     def log_terminal(self, x: Tensor) -> Tensor:
         """``log pi_T(x)``, the uncontrolled terminal marginal."""
-        return _log_normal(x, torch.zeros_like(x), torch.full_like(x, self.terminal_var))
+        return _log_normal(x, torch.zeros_like(x), torch.tensor(self.terminal_var).to(x))
 
     def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
         return -self.log_terminal(states[-1])

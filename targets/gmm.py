@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import Tensor
@@ -51,7 +52,15 @@ class GaussianMixture(Target):
         self.log_Z = 0.0
         self.register_buffer("means", means)
         self.register_buffer("weights", weights / weights.sum())
-        self.register_buffer("scale_tril", torch.linalg.cholesky(covariance_matrix(covariance, self.dim, means.dtype)))
+        scale_tril = torch.linalg.cholesky(covariance_matrix(covariance, self.dim, means.dtype))
+        self.register_buffer("scale_tril", scale_tril)
+        whitened = torch.linalg.solve_triangular(scale_tril, means.T, upper=False).T
+        log_det = 2 * scale_tril.diagonal().log().sum()
+        self.register_buffer("whitened_means", whitened)
+        self.register_buffer(
+            "log_norms",
+            self.weights.log() - 0.5 * (whitened.square().sum(-1) + log_det + self.dim * math.log(2 * math.pi)),
+        )
 
     @property
     def distribution(self) -> MixtureSameFamily:
@@ -60,9 +69,11 @@ class GaussianMixture(Target):
         return MixtureSameFamily(Categorical(probs=self.weights, validate_args=False), components, validate_args=False)
 
     def _joint_log_prob(self, x: Tensor) -> Tensor:
-        """``log w_k + log N(x; mu_k, Sigma)``, shape (batch, K)."""
-        components = MultivariateNormal(self.means, scale_tril=self.scale_tril, validate_args=False)
-        return self.weights.log() + components.log_prob(x[:, None, :])
+        r"""``log w_k + log N(x; mu_k, Sigma)``, shape (batch, K), with the quadratic form expanded as
+        ``|L^{-1} x|^2 - 2 (L^{-1} x) . (L^{-1} mu_k) + |L^{-1} mu_k|^2`` (``Sigma = L L^T``): two small
+        matrix products instead of a triangular solve per component."""
+        z = torch.linalg.solve_triangular(self.scale_tril, x.T, upper=False).T
+        return self.log_norms - 0.5 * (z.square().sum(-1, keepdim=True) - 2 * z @ self.whitened_means.T)
 
     def log_prob(self, x: Tensor) -> Tensor:
         return torch.logsumexp(self._joint_log_prob(x), dim=-1)

@@ -113,3 +113,11 @@ def test_entropic_mode_coverage_extremes():
     torch.testing.assert_close(mode_fractions(two_modes, means), torch.tensor([0.75, 0.25] + [0.0] * 7))
     with pytest.raises(ValueError):
         entropic_mode_coverage(means, means[:1])
+
+
+def test_weighted_mode_fractions():
+    means = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
+    samples = torch.tensor([[-4.0, 0.0], [-6.0, 0.0], [-5.0, 1.0], [4.0, 0.0]])
+    torch.testing.assert_close(mode_fractions(samples, means), torch.tensor([0.75, 0.25]))
+    weights = torch.tensor([1.0, 1.0, 1.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(mode_fractions(samples, means, weights=weights), torch.tensor([0.5, 0.5], dtype=torch.float64))

@@ -94,9 +94,9 @@ def test_invalid_arguments_raise(kwargs):
 
 
 def test_closed_form_score_equals_autograd():
-    target = GaussianMixture(covariance=torch.tensor([0.3, 0.7]))
+    means = torch.tensor([[-5.0, 0.0], [0.0, 5.0], [5.0, 5.0]], dtype=torch.float64)
+    target = GaussianMixture(means, covariance=torch.tensor([0.3, 0.7], dtype=torch.float64))
     x = 4 * torch.randn(64, 2, dtype=torch.float64)
-    target = target.double()
     torch.testing.assert_close(target.score(x), Target.score(target, x))
     far = torch.tensor([[1e3, -1e3]], dtype=torch.float64)
     assert torch.isfinite(target.score(far)).all()
