@@ -1,0 +1,1 @@
+"""Generative diffusion models on the core's linear SDEs (work in progress)."""
