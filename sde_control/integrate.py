@@ -1,6 +1,6 @@
 r"""Integration of controlled SDEs through ``torchsde``: every call into ``torchsde`` is here.
 
-Two modes:
+Three entry points:
 
 * :func:`simulate`: the discretised chain of :mod:`sde_control.references`,
   ``X_{k+1} = A_k X_k + B_k u_k + sqrt(v_k) xi_k``, run by ``torchsde.sdeint`` (Ito Euler) in
@@ -21,6 +21,9 @@ Two modes:
   energy ``1/2 int |u|^2 ds`` as an extra state (zero diffusion, so the noise stays additive),
   solved by ``torchsde.sdeint_adjoint``: memory independent of the number of steps. For the KL
   loss only (its integrand drops the mean-zero stochastic integral).
+
+* :func:`solve`: any SDE ``dX = f ds + G dW`` or ODE on a grid (Euler or Heun), returning the
+  whole path: the generative models' reverse SDE and probability-flow ODE.
 """
 
 from __future__ import annotations
@@ -120,6 +123,55 @@ def simulate(
     ts = torch.arange(grid.numel(), dtype=x0.dtype, device=x0.device)
     ys = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)
     return Path(states=ys[..., :dim], grid=grid, control_term=ys[-1, :, dim], noise_term=ys[-1, :, dim + 1])
+
+
+class _GenericSDE(nn.Module):
+    """``dX = f(X, s) ds + G(s) dW`` in step-index time: ``h_k f`` and ``sqrt(h_k) G xi``."""
+
+    noise_type = "general"
+
+    def __init__(self, drift, diffusion, grid: Tensor, sde_type: str):
+        super().__init__()
+        self.drift, self.diffusion, self.sde_type = drift, diffusion, sde_type
+        self.h = grid.diff().tolist()
+
+    def f_and_g_prod(self, tau: Tensor, y: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
+        k = round(float(tau))
+        h = self.h[min(k, len(self.h) - 1)]
+        noise = torch.zeros_like(y) if self.diffusion is None else h**0.5 * self.diffusion(k, xi)
+        return h * self.drift(y, k), noise
+
+
+SOLVERS = {"euler": "ito", "heun": "stratonovich"}
+
+
+def solve(
+    drift: Callable[[Tensor, int], Tensor],
+    x0: Tensor,
+    grid: Tensor,
+    *,
+    diffusion: Callable[[int, Tensor], Tensor] | None = None,
+    noise_dim: int | None = None,
+    method: str = "euler",
+    seed: int | None = None,
+) -> Tensor:
+    r"""Solve ``dX = f(X, s_k) ds + G(s_k) dW`` (or the ODE, ``diffusion=None``) on ``grid``.
+
+    ``drift(x, k)`` is ``f`` at grid time ``s_k``; ``diffusion(k, xi)`` maps a standard normal
+    ``xi`` of shape (batch, noise_dim) to ``G(s_k) xi`` of ``x``'s shape (a degenerate ``G``,
+    as in CLD, is allowed). ``method="euler"`` (Euler-Maruyama) or ``"heun"`` (second order for
+    the ODE; for SDEs it needs noise that does not depend on the state, where the Ito and
+    Stratonovich forms coincide, as for every reversed linear SDE here). Returns the path
+    (N+1, batch, n).
+    """
+    if method not in SOLVERS:
+        raise ValueError(f"method must be one of {sorted(SOLVERS)}, got {method!r}")
+    batch = x0.shape[0]
+    sde = _GenericSDE(drift, diffusion, grid, SOLVERS[method])
+    bm = GridBrownian((batch, noise_dim or x0.shape[1]), seed=_new_seed() if seed is None else seed,
+                      dtype=x0.dtype, device=x0.device)
+    ts = torch.arange(grid.numel(), dtype=x0.dtype, device=x0.device)
+    return torchsde.sdeint(sde, x0, ts, bm=bm, method=method, dt=1.0)
 
 
 class _ContinuousSDE(nn.Module):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .sdes import LinearSDE
+from .sdes import ScalarSDE
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _exact_control_coefficient(scale: Tensor, h: Tensor, sigma: Tensor) -> Tenso
 class Reference(abc.ABC):
     """Uncontrolled generation process, its discretisation and its backward kernel."""
 
-    def __init__(self, sde: LinearSDE, dim: int):
+    def __init__(self, sde: ScalarSDE, dim: int):
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         self.sde, self.dim, self.T = sde, dim, sde.T
@@ -129,7 +129,7 @@ class TimeReversalReference(Reference):
 
     def __init__(
         self,
-        sde: LinearSDE,
+        sde: ScalarSDE,
         dim: int,
         prior_mean: Tensor | float = 0.0,
         prior_std: float = 1.0,
@@ -197,7 +197,7 @@ class ForwardReference(Reference):
     from noise to data (``VP().time_flipped()``) from its stationary law (``std0 = 1``).
     """
 
-    def __init__(self, sde: LinearSDE, dim: int, initial_std: float = 0.0):
+    def __init__(self, sde: ScalarSDE, dim: int, initial_std: float = 0.0):
         super().__init__(sde, dim)
         if initial_std < 0:
             raise ValueError(f"initial_std must be non-negative, got {initial_std}")
