@@ -85,6 +85,7 @@ class _DiscreteChain(nn.Module):
         # Python floats: arithmetic with them is cheaper than with 0-dim tensors in the step loop.
         A, B, v = steps.scale.tolist(), steps.control.tolist(), steps.var.tolist()
         self.coefficients = [(a - 1, b, v**0.5, b**2 / (2 * v), b / v**0.5) for a, b, v in zip(A, B, v)]
+        self.states: list[Tensor | None] = [None] * len(A)
 
     def f_and_g_prod(self, tau: Tensor, y: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
         k = round(float(tau))
@@ -92,10 +93,11 @@ class _DiscreteChain(nn.Module):
         x = y[:, : self.dim]
         if self.detach_drift:
             x = x.detach()  # the path carries no gradient: only the running costs do
+        self.states[k] = x  # the path, recorded as the solver steps (it only outputs the end point)
         u = self.control(x, k)
         u_drive = u.detach() if self.detach_drift else u
         usq = u.square().sum(-1, keepdim=True)
-        control_term = c_control * (usq - 2 * (u * u_drive).sum(-1, keepdim=True)) if self.detach_drift else -c_control * usq
+        control_term = c_control * (u * (u - 2 * u_drive)).sum(-1, keepdim=True) if self.detach_drift else -c_control * usq
         zero = torch.zeros_like(usq)
         drift = torch.cat([torch.add(a1 * x, u_drive, alpha=b), control_term, zero], dim=1)
         noise = torch.cat([std * xi, zero, c_noise * (u * xi).sum(-1, keepdim=True)], dim=1)
@@ -120,9 +122,13 @@ def simulate(
     chain = _DiscreteChain(on_grid(control, grid.to(x0.dtype)), reference.forward_steps(grid), dim, detach_drift)
     bm = GridBrownian((batch, dim), seed=_new_seed() if seed is None else seed, dtype=x0.dtype, device=x0.device)
     y0 = torch.cat([x0, x0.new_zeros(batch, 2)], dim=1)
-    ts = torch.arange(grid.numel(), dtype=x0.dtype, device=x0.device)
-    ys = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)
-    return Path(states=ys[..., :dim], grid=grid, control_term=ys[-1, :, dim], noise_term=ys[-1, :, dim + 1])
+    # Output only the end point: interpolating and stacking the whole augmented path would put
+    # every step's state into the backward pass; the chain records the states instead.
+    ts = torch.tensor([0.0, grid.numel() - 1.0], dtype=x0.dtype, device=x0.device)
+    y_T = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)[-1]
+    x_T = y_T[:, :dim].detach() if detach_drift else y_T[:, :dim]
+    states = torch.stack([*chain.states, x_T])
+    return Path(states=states, grid=grid, control_term=y_T[:, dim], noise_term=y_T[:, dim + 1])
 
 
 class _GenericSDE(nn.Module):
