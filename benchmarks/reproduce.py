@@ -1,0 +1,143 @@
+"""Reproduction table: PIS, DIS and DDS with the KL and log-variance losses on GMM, Funnel,
+double well (d=5) and many-well (d=50), over several seeds.
+
+    python benchmarks/reproduce.py                      # the CPU budget (about 90 minutes on 2 cores)
+    python benchmarks/reproduce.py --budget paper       # the papers' budget (for a GPU)
+    python benchmarks/reproduce.py --budget smoke       # a seconds-long check of the script
+
+Each cell (target, sampler, loss, seed) is trained and evaluated in its own process and saved to
+``benchmarks/results/<budget>/<cell>.json`` as it finishes (its training checkpoints next to it),
+so an interrupted run resumes where it stopped. The aggregated table is written to the
+``reproduce-<budget>`` section of ``benchmarks/RESULTS.md``.
+
+Per cell: the absolute log Z error of the importance-sampled estimate and of the ELBO (10,000 paths), ESS,
+the EUBO, the squared 2-Wasserstein distance between 2000 model and 2000 exact samples (the
+eps -> 0 limit of the debiased Sinkhorn divergence, see ``sde_control.metrics``), the error of the
+marginal standard deviations, and the training wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TARGET_NAMES, TARGETS, machine, markdown_table, mean_std, run_cells, write_section  # noqa: E402
+
+from sde_control import DDS, DIS, PIS  # noqa: E402
+from sde_control.metrics import marginal_std_error, wasserstein2_squared  # noqa: E402
+
+SAMPLERS = {"pis": PIS, "dis": DIS, "dds": DDS}
+
+BUDGETS: dict[str, dict[str, Any]] = {
+    # Chosen so that the whole table (4 targets x 3 samplers x 2 losses x 5 seeds) finishes in
+    # about 90 minutes on this project's 2-core CPU with two cells at a time.
+    "cpu": dict(batch_size=256, steps=128, iterations=250, eval_samples=10_000, metric_samples=2000, seeds=5),
+    # The DIS paper: batch 2048, 100/200/400/800 steps for quarters of 20,000 (d <= 10) or
+    # 80,000 gradient steps; evaluation at 800 steps.
+    "paper": dict(batch_size=2048, steps=(100, 200, 400, 800), iterations=(20_000, 80_000), eval_steps=800,
+                  eval_samples=10_000, metric_samples=2000, seeds=10),
+    "smoke": dict(batch_size=16, steps=8, iterations=2, eval_samples=64, metric_samples=32, seeds=1),
+}
+
+# Published reference points (|log Z error| of DIS at 128 steps and of the best flow-based
+# method), as quoted in the project's issue 4 from a later benchmark.
+PUBLISHED = {"gmm": ("0.090", "0.0027"), "funnel": ("0.641", "0.0022"), "dw5": ("1.21", "n/a"), "mw50": ("n/a", "n/a")}
+
+
+def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
+    """Train and evaluate one (target, sampler, loss, seed) cell."""
+    budget = BUDGETS[cell["budget"]]
+    torch.manual_seed(cell["seed"])
+    target = TARGETS[cell["target"]]()
+    iterations = budget["iterations"]
+    if isinstance(iterations, tuple):
+        iterations = iterations[0] if target.dim <= 10 else iterations[1]
+    steps = budget["steps"]
+    eval_steps = budget.get("eval_steps", steps)
+    sampler = SAMPLERS[cell["sampler"]](target, steps=eval_steps)
+    checkpoint = Path(cell["out"]) / f"{cell['id']}.pt"
+    history = sampler.fit(iterations, batch_size=budget["batch_size"], loss=cell["loss"], steps=steps,
+                          progress=False, checkpoint=checkpoint, checkpoint_every=max(iterations // 10, 1))
+    started = time.perf_counter()
+    est = sampler.estimate_log_z(budget["eval_samples"])
+    samples = sampler.sample(budget["metric_samples"])
+    exact = target.sample(budget["metric_samples"])
+    checkpoint.unlink(missing_ok=True)
+    return {
+        **est.as_dict(),
+        "w2_squared": wasserstein2_squared(samples, exact),
+        "marginal_std_error": marginal_std_error(samples, exact),
+        "train_time_s": history[-1]["time"],
+        "eval_time_s": time.perf_counter() - started,
+        "iterations": iterations,
+    }
+
+
+def table(results: list[dict[str, Any]], budget: str) -> str:
+    b = BUDGETS[budget]
+    lines = [
+        f"## Reproduction table, `{budget}` budget",
+        "",
+        f"Command: `python benchmarks/reproduce.py --budget {budget}`. Budget: batch {b['batch_size']}, "
+        f"time steps {b['steps']}, {b['iterations']} iterations, {b['seeds']} seeds; evaluation with "
+        f"{b['eval_samples']} paths, W2 on {b['metric_samples']} vs {b['metric_samples']} samples. "
+        f"Machine: {machine()}. Mean ± standard deviation over seeds.",
+        "",
+    ]
+    header = ["sampler", "loss", "IS log Z error", "ELBO error", "ESS", "EUBO - log Z", "W2²",
+              "marg. std error", "train time (s)"]
+    for target in TARGETS:
+        rows = []
+        for sampler, loss in itertools.product(SAMPLERS, ("kl", "lv")):
+            cell = [r for r in results if (r["target"], r["sampler"], r["loss"]) == (target, sampler, loss)]
+            if not cell:
+                continue
+            eubo_gap = [None if r["eubo"] is None else r["eubo"] - r["log_z_exact"] for r in cell]
+            rows.append([sampler.upper(), loss.upper(), mean_std(r["error"] for r in cell),
+                         mean_std(r["elbo_error"] for r in cell), mean_std(r["ess"] for r in cell),
+                         mean_std(eubo_gap), mean_std(r["w2_squared"] for r in cell),
+                         mean_std(r["marginal_std_error"] for r in cell), mean_std(r["train_time_s"] for r in cell)])
+        if rows:
+            dis, flow = PUBLISHED[target]
+            lines += [f"### {TARGET_NAMES[target]}", "",
+                      f"Published |log Z error| at 128 steps: DIS {dis}, best flow-based method {flow}.", "",
+                      markdown_table(header, rows), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--losses", default="kl,lv")
+    parser.add_argument("--seeds", type=int, default=None, help="default: the budget's")
+    parser.add_argument("--jobs", type=int, default=2, help="cells trained at the same time (one thread each)")
+    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<budget>")
+    parser.add_argument("--no-results-md", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+
+    budget = BUDGETS[args.budget]
+    out = args.out or Path(__file__).resolve().parent / "results" / args.budget
+    cells = [
+        {"id": f"{t}-{s}-{loss}-{seed}", "budget": args.budget, "target": t, "sampler": s, "loss": loss,
+         "seed": seed, "out": str(out)}
+        for t in args.targets.split(",") for s in args.samplers.split(",") for loss in args.losses.split(",")
+        for seed in range(args.seeds or budget["seeds"])
+    ]
+    results = run_cells(cells, run_cell, out, args.jobs)
+    text = table(results, args.budget)
+    print(text)
+    if not args.no_results_md:
+        write_section(f"reproduce-{args.budget}", text)
+
+
+if __name__ == "__main__":
+    main()

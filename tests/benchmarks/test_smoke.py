@@ -1,0 +1,32 @@
+"""The benchmark scripts run end to end at tiny sizes (their timings are not tested)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run(script, *args, cwd):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
+    out = tmp_path / "cells"
+    args = ("--budget", "smoke", "--targets", "gmm,dw5", "--samplers", "dis,pis", "--losses", "lv",
+            "--out", str(out), "--no-results-md", "--jobs", "1")
+    first = run("reproduce.py", *args, cwd=tmp_path)
+    assert "0 of 4 cells already done" in first
+    assert len(list(out.glob("*.json"))) == 4 and not list(out.glob("*.pt"))
+    second = run("reproduce.py", *args, cwd=tmp_path)  # every cell saved: nothing to redo
+    assert "4 of 4 cells already done; running 0" in second
+    assert "| DIS | LV |" in second and "Double well (d=5, 32 modes)" in second
+
+
+def test_speed_smoke(tmp_path):
+    text = run("speed.py", "--smoke", cwd=tmp_path)
+    for heading in ("Training-step time", "Peak memory of the KL loss", "Time to accuracy"):
+        assert heading in text
