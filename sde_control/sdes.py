@@ -13,12 +13,14 @@ Its transition from ``t0`` to ``t1 >= t0`` is Gaussian,
            \partial_{t_1} \Psi = F \Psi, \quad
            \partial_{t_1} \Sigma = F \Sigma + \Sigma F^T + G G^T, \quad \Psi(t_0) = I, \Sigma(t_0) = 0,
 
-acting on the block axis (``Psi kron I_m``). Scalar SDEs (:class:`VP`, :class:`SubVP`,
+acting on the block axis (``Psi kron I_m``, :func:`blockwise`). Scalar SDEs (:class:`VP`, :class:`SubVP`,
 :class:`VE`, :class:`ScaledBrownian`) have closed forms in their coefficients ``f``, ``g^2``;
 :class:`ScheduledLinearSDE` (``F = beta(t) M``, ``G G^T = beta(t) N``) is solved exactly by
-a matrix exponential in the clock ``tau = int beta``. The samplers use the scalar ones
-as references (DIS: the time reversal of :class:`VP`; PIS: :class:`ScaledBrownian` from the
-origin; DDS: a stationary :class:`VP`), the generative models all of them.
+a matrix exponential in the clock ``tau = int beta``: critically damped Langevin (:class:`CLD`) and the
+auxiliary-variable diffusions ``F = -(Q + D)``, ``G G^T = 2 D`` (:class:`AuxiliaryVariableSDE`) are such.
+Coefficients with a general time dependence go through the moment ODEs (:class:`MomentODELinearSDE`).
+The samplers use the scalar ones as references (DIS: the time reversal of :class:`VP`; PIS:
+:class:`ScaledBrownian` from the origin; DDS: a stationary :class:`VP`), the generative models all of them.
 """
 
 from __future__ import annotations
@@ -101,6 +103,19 @@ class ScalarSDE(LinearSDE):
 
 def _as_matrix(value: Tensor) -> Tensor:
     return value[..., None, None]
+
+
+def blockwise(matrix: Tensor, x: Tensor) -> Tensor:
+    r"""``(matrix kron I_m) x`` for states ``x`` of shape ``(n, K m)`` laid out as ``K`` blocks of ``m`` channels.
+
+    ``matrix`` is ``K x K`` (shared) or ``(n, K, K)`` (one per row); it is cast to ``x``'s dtype. ``K = 1``
+    scales every coordinate alike; ``K = d`` (``m = 1``) is the full matrix-vector product.
+    """
+    K = matrix.shape[-1]
+    n, width = x.shape
+    if width % K:
+        raise ValueError(f"a {K} x {K} block matrix cannot act on states of dimension {width} (not a multiple of {K})")
+    return (matrix.to(x.dtype) @ x.reshape(n, K, width // K)).reshape(n, width)
 
 
 class LinearSchedule:
@@ -276,4 +291,185 @@ class ScheduledLinearSDE(LinearSDE, nn.Module):
         exp = torch.linalg.matrix_exp(tau[..., None, None] * augmented)
         sigma = exp[..., : K * K, K * K].reshape(*tau.shape, K, K)
         psi = torch.linalg.matrix_exp(tau[..., None, None] * M)
+        return psi, 0.5 * (sigma + sigma.transpose(-1, -2))
+
+
+def check_hurwitz(F: Tensor, what: str = "F") -> None:
+    """Raise ``ValueError`` unless every eigenvalue of the ``K x K`` matrix ``F`` has a negative real part.
+
+    Only a Hurwitz drift makes the transition forget its start (``Psi = exp(tau F) -> 0``), so that the
+    stationary law of an auxiliary-variable diffusion is also its limit (CONVENTIONS 5).
+    """
+    real = torch.linalg.eigvals(F.detach().double()).real
+    if not (real < 0).all():
+        raise ValueError(
+            f"{what} is not Hurwitz: eigenvalue real parts {[round(v, 6) for v in real.tolist()]} must all be negative. "
+            f"With F = -(Q + D) this happens when an eigenvector of Q lies in the null space of D; make D positive "
+            f"definite (e.g. diag(softplus(d) + 1e-3)) so that the process converges to N(0, I)."
+        )
+
+
+class CLD(ScheduledLinearSDE):
+    r"""Critically damped Langevin diffusion (Dockhorn, Vahdat, Kreis 2022) on position and velocity, ``K = 2``:
+
+    .. math::  dx = \beta(t)\, v / m \, dt, \qquad
+               dv = -\beta(t) (x + \Gamma v / m)\, dt + \sqrt{2 \Gamma \beta(t)}\, dW,
+
+    i.e. ``M = [[0, 1/m], [-1, -Gamma/m]]``, ``N = diag(0, 2 Gamma)`` (noise on the velocity only: a degenerate
+    ``G``). Critical damping is ``Gamma^2 = 4 m`` (the default); the stationary law is ``N(0, diag(1, m))``.
+    The paper's setting: ``m = 0.25``, ``Gamma = 1``, constant ``beta = 4`` over ``T = 1``.
+    """
+
+    def __init__(self, mass: float = 0.25, gamma: float | None = None, beta_min: float = 4.0, beta_max: float = 4.0,
+                 T: float = 1.0):
+        super().__init__(2, beta_min, beta_max, T)
+        gamma = 2 * math.sqrt(mass) if gamma is None else gamma
+        if mass <= 0 or gamma <= 0:
+            raise ValueError(f"CLD needs mass > 0 and gamma > 0, got {mass}, {gamma}")
+        self.mass, self.gamma = float(mass), float(gamma)
+        self.register_buffer("M", torch.tensor([[0.0, 1 / mass], [-1.0, -gamma / mass]], dtype=torch.float64))
+        self.register_buffer("N", torch.tensor([[0.0, 0.0], [0.0, 2 * gamma]], dtype=torch.float64))
+
+    def matrices(self) -> tuple[Tensor, Tensor]:
+        return self.M, self.N
+
+    def stationary_covariance(self) -> Tensor:
+        """``diag(1, m)``."""
+        return torch.diag(torch.tensor([1.0, self.mass], dtype=torch.float64))
+
+
+class AuxiliaryVariableSDE(ScheduledLinearSDE):
+    r"""Multivariate diffusion with ``F = -beta(t) (Q + D)``, ``G G^T = 2 beta(t) D`` (Singhal et al. 2023).
+
+    ``Q`` is skew-symmetric and ``D`` symmetric positive semi-definite, so ``F + F^T + G G^T = 0`` and ``N(0, I)``
+    is stationary for every ``Q``, ``D``; it is also the limit when ``-(Q + D)`` is Hurwitz.
+
+    Learned (``Q = D = None``): ``Q = W - W^T`` and ``D = diag(softplus(d) + 1e-3)`` as in the paper's reference
+    code, positive definite, hence always Hurwitz (``F + F^T = -2 beta D < 0``). ``W = 0`` and ``D = I`` at
+    initialisation. Fixed (both given): checked to be skew, symmetric positive semi-definite and Hurwitz, else
+    ``ValueError``.
+    """
+
+    D_FLOOR = 1e-3
+
+    def __init__(self, K: int, Q: Tensor | None = None, D: Tensor | None = None, beta_min: float = 0.1,
+                 beta_max: float = 20.0, T: float = 1.0):
+        super().__init__(K, beta_min, beta_max, T)
+        if (Q is None) != (D is None):
+            raise ValueError("give both Q and D (a fixed process) or neither (a learned one)")
+        if Q is None:
+            self.W = nn.Parameter(torch.zeros(K, K, dtype=torch.float64))
+            self.d = nn.Parameter(torch.full((K,), math.log(math.expm1(1.0 - self.D_FLOOR)), dtype=torch.float64))
+            return
+        Q, D = torch.as_tensor(Q, dtype=torch.float64), torch.as_tensor(D, dtype=torch.float64)
+        if Q.shape != (K, K) or D.shape != (K, K):
+            raise ValueError(f"Q and D must be {K} x {K}, got {tuple(Q.shape)} and {tuple(D.shape)}")
+        if not torch.allclose(Q, -Q.T, atol=1e-10):
+            raise ValueError("Q must be skew-symmetric (Q = -Q^T)")
+        if not torch.allclose(D, D.T, atol=1e-10) or torch.linalg.eigvalsh(D).min() < -1e-10:
+            raise ValueError("D must be symmetric positive semi-definite")
+        check_hurwitz(-(Q + D), "F = -(Q + D)")
+        self.register_buffer("Q", Q)
+        self.register_buffer("D", D)
+
+    def matrices(self) -> tuple[Tensor, Tensor]:
+        if "Q" in self._buffers:
+            Q, D = self.Q, self.D
+        else:
+            Q, D = self.W - self.W.T, torch.diag(nn.functional.softplus(self.d) + self.D_FLOOR)
+        return -(Q + D), 2 * D
+
+
+class MomentODELinearSDE(LinearSDE, nn.Module):
+    r"""A linear SDE with time-dependent coefficients whose transition has no closed form.
+
+    The moments from ``t = 0``, ``Psi(t) = Psi(t, 0)`` and ``Sigma(t) = Cov(Z_t | Z_0)``, solve
+
+    .. math::  \Psi' = F \Psi, \qquad \Sigma' = F \Sigma + \Sigma F^T + G G^T, \qquad \Psi(0) = I, \ \Sigma(0) = 0,
+
+    integrated by classical RK4 in float64 on a uniform grid of ``grid_steps`` steps (the coefficients at the
+    grid and half-grid times are evaluated in one batch) and interpolated in between by cubic Hermite
+    polynomials through the values and the exact derivatives at the grid points. Between two times,
+
+    .. math::  \Psi(t_1, t_0) = \Psi(t_1) \Psi(t_0)^{-1}, \qquad
+               \Sigma(t_0 \to t_1) = \Sigma(t_1) - \Psi(t_1, t_0) \Sigma(t_0) \Psi(t_1, t_0)^T .
+
+    With gradients enabled and learnable coefficients the table is recomputed on every call, differentiably;
+    otherwise it is cached until a parameter or buffer changes (in-place updates are tracked by their version
+    counters), so a frozen process costs one solve. Accuracy: RK4's and the interpolation's errors are both
+    ``O(h^4)``; against the exact transitions of constant-matrix processes the tests find agreement to ``1e-9``.
+
+    Subclasses implement :meth:`drift_matrix` and :meth:`noise_matrix` for a batch of times.
+    """
+
+    def __init__(self, K: int, T: float = 1.0, grid_steps: int = 500):
+        nn.Module.__init__(self)
+        if T <= 0 or grid_steps < 1:
+            raise ValueError(f"need T > 0 and grid_steps >= 1, got {T}, {grid_steps}")
+        self.K, self.T, self.grid_steps = K, float(T), int(grid_steps)
+        self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+
+    def _state_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+
+    def moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(Psi, Sigma, Psi', Sigma')`` on the grid ``t_k = k T / grid_steps``, each ``(grid_steps + 1, K, K)``."""
+        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if differentiable:
+            return self._solve_moments()
+        key = self._state_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self._solve_moments())
+        return self._cache[1]
+
+    def _solve_moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n, h = self.grid_steps, self.T / self.grid_steps
+        times = torch.linspace(0.0, self.T, 2 * n + 1, dtype=torch.float64)
+        F, N = self.drift_matrix(times).double(), self.noise_matrix(times).double()
+
+        def rate(j: int, psi: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+            F_sigma = F[j] @ sigma
+            return F[j] @ psi, F_sigma + F_sigma.transpose(-1, -2) + N[j]
+
+        psi = torch.eye(self.K, dtype=torch.float64, device=F.device)
+        sigma = torch.zeros_like(psi)
+        values, rates = [(psi, sigma)], []
+        for k in range(n):
+            j = 2 * k
+            k1 = rate(j, psi, sigma)
+            k2 = rate(j + 1, psi + 0.5 * h * k1[0], sigma + 0.5 * h * k1[1])
+            k3 = rate(j + 1, psi + 0.5 * h * k2[0], sigma + 0.5 * h * k2[1])
+            k4 = rate(j + 2, psi + h * k3[0], sigma + h * k3[1])
+            psi = psi + h / 6 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+            sigma = sigma + h / 6 * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+            values.append((psi, sigma))
+            rates.append(k1)
+        rates.append(rate(2 * n, psi, sigma))
+        return (torch.stack([v[0] for v in values]), torch.stack([v[1] for v in values]),
+                torch.stack([r[0] for r in rates]), torch.stack([r[1] for r in rates]))
+
+    def _from_zero(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``Psi(t)``, ``Sigma(t)`` by cubic Hermite interpolation with the exact derivatives at the grid points
+        (error ``O(h^4)``; linear interpolation would be off by about 1 % near ``t = 0`` for VP-like schedules)."""
+        psi, sigma, dpsi, dsigma = self.moments()
+        h = self.T / self.grid_steps
+        position = (t / h).clamp(0, self.grid_steps)
+        k = position.floor().long().clamp(max=self.grid_steps - 1)
+        w = (position - k)[..., None, None]
+        h00, h10, h01, h11 = (1 + 2 * w) * (1 - w) ** 2, w * (1 - w) ** 2, w**2 * (3 - 2 * w), w**2 * (w - 1)
+
+        def interpolate(value: Tensor, rate: Tensor) -> Tensor:
+            return h00 * value[k] + h10 * h * rate[k] + h01 * value[k + 1] + h11 * h * rate[k + 1]
+
+        return interpolate(psi, dpsi), interpolate(sigma, dsigma)
+
+    def transition_matrices(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
+        t0, t1 = torch.broadcast_tensors(torch.as_tensor(t0, dtype=torch.float64), torch.as_tensor(t1, dtype=torch.float64))
+        if bool((t0 < 0).any() or (t1 > self.T * (1 + 1e-12)).any() or (t1 < t0).any()):
+            raise ValueError(f"transitions need 0 <= t0 <= t1 <= T = {self.T}")
+        psi0, sigma0 = self._from_zero(t0)
+        psi1, sigma1 = self._from_zero(t1)
+        psi = torch.linalg.solve(psi0.transpose(-1, -2), psi1.transpose(-1, -2)).transpose(-1, -2)
+        sigma = sigma1 - psi @ sigma0 @ psi.transpose(-1, -2)
         return psi, 0.5 * (sigma + sigma.transpose(-1, -2))

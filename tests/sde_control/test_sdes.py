@@ -91,31 +91,11 @@ def test_scheduled_sde_with_scalar_matrices_is_vp():
         torch.testing.assert_close(ours, theirs)
 
 
-def block_euler_maruyama(sde, t0, t1, z0, n=50_000, steps=500):
-    """Fine Euler-Maruyama simulation of a K-block SDE with one channel."""
-    K = sde.K
-    z = z0.expand(n, K).clone()
-    ts = torch.linspace(t0, t1, steps + 1, **f64)
-    for a, b in zip(ts[:-1], ts[1:]):
-        F, GG = sde.drift_matrix(a), sde.noise_matrix(a)
-        L = torch.linalg.cholesky(GG + 1e-12 * torch.eye(K, **f64))
-        z = z + (b - a) * z @ F.T + (b - a).sqrt() * torch.randn(n, K, **f64) @ L.T
-    return z
-
-
-def test_van_loan_transition_matches_simulation():
+def test_van_loan_transition_matches_simulation(check_transition):
     """A damped oscillator with noise in the second block only (degenerate G, as in CLD)."""
     sde = Constant(torch.tensor([[0.0, 1.0], [-1.0, -2.0]], **f64), torch.tensor([[0.0, 0.0], [0.0, 4.0]], **f64),
                    beta_min=1.0, beta_max=3.0)
-    z0 = torch.tensor([1.0, -0.5], **f64)
-    psi, sigma = sde.transition_matrices(torch.tensor(0.1, **f64), torch.tensor(0.6, **f64))
-    z = block_euler_maruyama(sde, 0.1, 0.6, z0)
-    n = z.shape[0]
-    se_mean = (sigma.diagonal() / n).sqrt()
-    assert ((z.mean(0) - psi @ z0).abs() < 5 * se_mean + 0.01).all()
-    # Five standard errors of each covariance entry (sqrt((S_ii S_jj + S_ij^2) / n)), plus Euler bias.
-    se_cov = ((sigma.diagonal()[:, None] * sigma.diagonal()[None, :] + sigma**2) / n).sqrt()
-    assert ((torch.cov(z.T) - sigma).abs() < 5 * se_cov + 0.02 * sigma.abs().max()).all()
+    check_transition(sde, 0.1, 0.6, torch.tensor([1.0, -0.5], **f64))
 
 
 def test_auxiliary_variable_diffusion_keeps_the_standard_normal_stationary():
@@ -126,3 +106,141 @@ def test_auxiliary_variable_diffusion_keeps_the_standard_normal_stationary():
     sde = Constant(-(Q + D), 2 * D)
     _, cov = sde.marginal_matrices(torch.tensor([0.2, 1.0], **f64), cov0=torch.eye(3, **f64))
     torch.testing.assert_close(cov, torch.eye(3, **f64).expand(2, 3, 3))
+
+
+# ---------------------------------------------------------------- multivariate processes (K x K blocks)
+from sde_control.sdes import CLD, AuxiliaryVariableSDE, MomentODELinearSDE, blockwise  # noqa: E402
+
+
+def random_auxiliary(K=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sde = AuxiliaryVariableSDE(K, beta_min=0.5, beta_max=5.0)
+    with torch.no_grad():
+        sde.W.copy_(torch.randn(K, K, generator=g, **f64))
+        sde.d.copy_(torch.randn(K, generator=g, **f64))
+    return sde
+
+
+@pytest.mark.parametrize("sde", [CLD(), random_auxiliary()], ids=["cld", "learned-auxiliary"])
+def test_multivariate_transition_matches_simulation(sde, check_transition):
+    check_transition(sde, 0.1, 0.6, torch.linspace(1.0, -0.5, sde.K, **f64), n=20_000)
+
+
+def test_cld_closed_form_and_stationary_law():
+    """Stationary N(0, diag(1, m)); from a point, position and velocity decorrelate into it."""
+    cld = CLD(mass=0.25)
+    M, N = cld.matrices()
+    stationary = cld.stationary_covariance()
+    torch.testing.assert_close(M @ stationary + stationary @ M.T + N, torch.zeros(2, 2, **f64))  # Lyapunov
+    t = torch.tensor([0.3, 1.0, 3.0], **f64)
+    _, cov = cld.marginal_matrices(t, cov0=stationary)
+    torch.testing.assert_close(cov, stationary.expand(3, 2, 2))
+    # Critically damped: the drift matrix has the double eigenvalue -Gamma / (2 m) = -2 (times beta = 4).
+    torch.testing.assert_close(torch.linalg.eigvals(M).real, torch.tensor([-2.0, -2.0], **f64))
+    psi, sigma = cld.transition_matrices(torch.tensor(0.0, **f64), torch.tensor(4.0, **f64))
+    assert psi.abs().max() < 1e-10 and torch.allclose(sigma, stationary, atol=1e-10)
+
+
+def test_learned_auxiliary_diffusion_is_stationary_and_converges():
+    sde = random_auxiliary(K=3, seed=1)
+    F, N = sde.matrices()
+    eye = torch.eye(3, **f64)
+    torch.testing.assert_close(F + F.T + N, torch.zeros(3, 3, **f64))  # N(0, I) stationary for any W, d
+    _, cov = sde.marginal_matrices(torch.tensor([0.4, 1.0], **f64), cov0=eye)
+    torch.testing.assert_close(cov, eye.expand(2, 3, 3))
+    # From a data-like covariance the law converges to N(0, I) (int beta = 2.75 here, D >= 1e-3).
+    data_like = torch.diag(torch.tensor([25.0, 1.0, 0.01], **f64))
+    errors = [(sde.marginal_matrices(torch.tensor(t, **f64), cov0=data_like)[1] - eye).abs().max() for t in (0.2, 0.5, 1.0)]
+    assert errors[0] > errors[1] > errors[2]
+    long = AuxiliaryVariableSDE(3, beta_min=5.0, beta_max=5.0, T=4.0)
+    with torch.no_grad():
+        long.load_state_dict(sde.state_dict())
+    _, cov = long.marginal_matrices(torch.tensor(4.0, **f64), cov0=data_like)
+    assert (cov - eye).abs().max() < 1e-3
+
+
+def test_fixed_auxiliary_diffusion_is_validated():
+    Q = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **f64)
+    # Noise on one coordinate only, mixed by Q (hypoelliptic, like CLD): Hurwitz, accepted.
+    sde = AuxiliaryVariableSDE(2, Q=Q, D=torch.diag(torch.tensor([0.0, 1.0], **f64)))
+    assert (torch.linalg.eigvals(sde.matrices()[0]).real < 0).all()
+    with pytest.raises(ValueError, match="not Hurwitz"):
+        AuxiliaryVariableSDE(2, Q=torch.zeros(2, 2, **f64), D=torch.diag(torch.tensor([1.0, 0.0], **f64)))
+    with pytest.raises(ValueError, match="not Hurwitz"):
+        AuxiliaryVariableSDE(2, Q=Q, D=torch.zeros(2, 2, **f64))  # a pure rotation never forgets its start
+    with pytest.raises(ValueError, match="skew"):
+        AuxiliaryVariableSDE(2, Q=torch.ones(2, 2, **f64), D=torch.eye(2, **f64))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        AuxiliaryVariableSDE(2, Q=Q, D=-torch.eye(2, **f64))
+    with pytest.raises(ValueError, match="both"):
+        AuxiliaryVariableSDE(2, Q=Q)
+
+
+class NumericalConstant(MomentODELinearSDE):
+    """A constant-matrix process solved through the moment ODEs, for comparison with the matrix exponential."""
+
+    def __init__(self, exact, grid_steps=500):
+        super().__init__(exact.K, exact.T, grid_steps)
+        self.exact = exact
+
+    def drift_matrix(self, t):
+        return self.exact.drift_matrix(t)
+
+    def noise_matrix(self, t):
+        return self.exact.noise_matrix(t)
+
+
+def test_moment_ode_matches_the_matrix_exponential():
+    exact = Constant(torch.tensor([[-0.3, 0.8], [-0.5, -1.0]], **f64), torch.tensor([[1.0, 0.2], [0.2, 0.5]], **f64),
+                     beta_min=0.1, beta_max=10.0)
+    numerical = NumericalConstant(exact)
+    t0, t1 = torch.tensor([0.0, 0.0, 0.001, 0.3, 0.5], **f64), torch.tensor([1.0, 0.0013, 0.0013, 0.7, 0.5], **f64)
+    for ours, theirs in zip(numerical.transition_matrices(t0, t1), exact.transition_matrices(t0, t1)):
+        # RK4 and cubic Hermite interpolation, both O(h^4): far below the 1e-9 asked here, relative to each entry.
+        torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="0 <= t0 <= t1 <= T"):
+        numerical.transition_matrices(torch.tensor(0.5, **f64), torch.tensor(0.2, **f64))
+
+
+def test_moment_ode_is_differentiable_and_caches_when_frozen():
+    class Scaled(MomentODELinearSDE):
+        def __init__(self):
+            super().__init__(2, 1.0, grid_steps=100)
+            self.a = torch.nn.Parameter(torch.tensor(0.3, **f64))
+
+        def drift_matrix(self, t):
+            t = torch.as_tensor(t, **f64)
+            return (-1 + self.a * t)[..., None, None] * torch.tensor([[1.0, 0.5], [0.0, 1.0]], **f64)
+
+        def noise_matrix(self, t):
+            return torch.eye(2, **f64).expand(*torch.as_tensor(t).shape, 2, 2)
+
+    sde = Scaled()
+
+    def terminal_variance():
+        return sde.transition_matrices(torch.tensor(0.0, **f64), torch.tensor(0.9, **f64))[1].sum()
+
+    (grad,) = torch.autograd.grad(terminal_variance(), sde.a)
+    with torch.no_grad():
+        sde.a += 1e-5
+        plus = terminal_variance()
+        sde.a -= 2e-5
+        minus = terminal_variance()
+        sde.a += 1e-5
+    assert float(grad) == pytest.approx(float(plus - minus) / 2e-5, rel=1e-5)
+    with torch.no_grad():
+        first = sde.moments()
+        assert sde.moments() is first  # frozen: one solve
+        sde.a.add_(0.1)
+        assert sde.moments() is not first  # an in-place update invalidates the table
+
+
+def test_blockwise_acts_on_blocks():
+    x = torch.arange(12.0).reshape(2, 6)
+    M = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    expected = (M @ x.reshape(2, 2, 3)).reshape(2, 6)  # K = 2 blocks of 3 channels
+    torch.testing.assert_close(blockwise(M, x), expected)
+    torch.testing.assert_close(blockwise(torch.tensor([[2.0]]), x), 2 * x)
+    torch.testing.assert_close(blockwise(torch.stack([M, 2 * M]), x), torch.stack([expected[0], 2 * expected[1]]))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        blockwise(torch.eye(4), x[:, :5])
