@@ -93,18 +93,18 @@ class ControlMLP(nn.Module):
         self.clip_value.fill_(value)
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
-        return self.on_grid(torch.as_tensor(s).reshape(1))(x, 0)
+        """``NN(x, s)`` for one time ``s`` (0-dim) or one time per row of ``x`` (shape ``(batch,)``)."""
+        return self._evaluate(x, self.time(torch.as_tensor(s).reshape(-1)), self.clip)
 
     def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
         """``(x, k) -> u(x, times[k])`` with the time features of all grid times computed at once."""
         features, c = self.time(times), self.clip
+        return lambda x, k: self._evaluate(x, features[k], c)
 
-        def control(x: Tensor, k: int) -> Tensor:
-            if x.shape[-1] != self.dim:
-                raise ValueError(f"control expects states of dimension {self.dim}, got shape {tuple(x.shape)}")
-            return self.body(self.input(x) + features[k]).clamp(-c, c)
-
-        return control
+    def _evaluate(self, x: Tensor, features: Tensor, c: float) -> Tensor:  # not `_apply`: nn.Module uses that name
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"control expects states of dimension {self.dim}, got shape {tuple(x.shape)}")
+        return self.body(self.input(x) + features).clamp(-c, c)
 
 
 class ScoreInformedControl(nn.Module):

@@ -66,9 +66,12 @@ class Trainer:
         self.run: dict[str, int] | None = None  # {"start", "iterations"} of the current fit call
         self.last_checkpoint: int | None = None
 
-    def configure(self, lr: float, weight_decay: float, grad_clip: float | None, lr_final: float) -> None:
-        """Change the optimiser settings (they apply from the next step on)."""
+    def configure(self, lr: float, weight_decay: float, grad_clip: float | None, lr_final: float,
+                  lr_every: int | None = None) -> None:
+        """Change the optimiser settings (they apply from the next step on); ``lr_every=None`` keeps the current."""
         self.lr, self.grad_clip, self.lr_final = lr, grad_clip, lr_final
+        if lr_every is not None:
+            self.lr_every = lr_every
         for group in self.optimizer.param_groups:
             group["weight_decay"] = weight_decay
 
