@@ -24,19 +24,24 @@ class GridBrownian(BaseBrownian):
     Args:
         shape: ``(batch, channels)``.
         seed: base seed; step ``k``'s increment is drawn from a generator seeded ``(seed, k)``.
+            ``None``: each query draws fresh increments from torch's default generator (no
+            regeneration: for solvers that query each step once, such as Euler, and for CUDA
+            graphs, which replay the default generator correctly but not per-step generators).
         dtype, device: of the increments.
     """
 
     __slots__ = ("_shape", "_dtype", "_device", "_seed")
 
-    def __init__(self, shape: tuple[int, int], seed: int, dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, shape: tuple[int, int], seed: int | None, dtype: torch.dtype = torch.float32, device=None):
         self._shape = torch.Size(shape)
         self._dtype = dtype
         self._device = torch.device(device) if device is not None else torch.device("cpu")
-        self._seed = int(seed)
+        self._seed = None if seed is None else int(seed)
 
     def increment(self, k: int) -> Tensor:
         """``W(k + 1) - W(k)``."""
+        if self._seed is None:
+            return torch.randn(self._shape, dtype=self._dtype, device=self._device)
         generator = torch.Generator(self._device).manual_seed(hash((self._seed, k)) & 0x7FFF_FFFF_FFFF_FFFF)
         return torch.randn(self._shape, generator=generator, dtype=self._dtype, device=self._device)
 

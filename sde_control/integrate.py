@@ -36,6 +36,7 @@ import torchsde
 from torch import Tensor, nn
 
 from .brownian import GridBrownian
+from .device import like
 from .references import Reference, Steps
 
 Control = Callable[[Tensor, Tensor], Tensor]
@@ -112,19 +113,22 @@ def simulate(
     *,
     seed: int | None = None,
     detach_drift: bool = False,
+    stream_noise: bool = False,
 ) -> Path:
-    """Simulate the controlled chain from ``x0`` (batch, dim) on ``grid`` (N+1,).
+    """Simulate the controlled chain from ``x0`` (batch, dim) on ``grid`` (N+1,, on the CPU).
 
     ``detach_drift=True`` drives the path with ``u.detach()`` while the running costs keep the
-    gradient of ``u`` (the log-variance loss). ``seed`` fixes the Brownian increments.
+    gradient of ``u`` (the log-variance loss). ``seed`` fixes the Brownian increments;
+    ``stream_noise=True`` draws them from torch's default generator instead (CUDA-graph capture).
     """
     batch, dim = x0.shape
-    chain = _DiscreteChain(on_grid(control, grid.to(x0.dtype)), reference.forward_steps(grid), dim, detach_drift)
-    bm = GridBrownian((batch, dim), seed=_new_seed() if seed is None else seed, dtype=x0.dtype, device=x0.device)
+    chain = _DiscreteChain(on_grid(control, like(grid, x0)), reference.forward_steps(grid), dim, detach_drift)
+    seed = None if stream_noise else _new_seed() if seed is None else seed
+    bm = GridBrownian((batch, dim), seed=seed, dtype=x0.dtype, device=x0.device)
     y0 = torch.cat([x0, x0.new_zeros(batch, 2)], dim=1)
     # Output only the end point: interpolating and stacking the whole augmented path would put
     # every step's state into the backward pass; the chain records the states instead.
-    ts = torch.tensor([0.0, grid.numel() - 1.0], dtype=x0.dtype, device=x0.device)
+    ts = torch.tensor([0.0, grid.numel() - 1.0], dtype=x0.dtype)  # index time, on the CPU: no device sync per step
     y_T = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)[-1]
     x_T = y_T[:, :dim].detach() if detach_drift else y_T[:, :dim]
     states = torch.stack([*chain.states, x_T])
@@ -176,7 +180,7 @@ def solve(
     sde = _GenericSDE(drift, diffusion, grid, SOLVERS[method])
     bm = GridBrownian((batch, noise_dim or x0.shape[1]), seed=_new_seed() if seed is None else seed,
                       dtype=x0.dtype, device=x0.device)
-    ts = torch.arange(grid.numel(), dtype=x0.dtype, device=x0.device)
+    ts = torch.arange(grid.numel(), dtype=x0.dtype)
     return torchsde.sdeint(sde, x0, ts, bm=bm, method=method, dt=1.0)
 
 
@@ -241,7 +245,7 @@ def simulate_continuous(
     sde = _ContinuousSDE(control, reference, grid.to(x0.dtype), dim, sde_type)
     bm = GridBrownian((batch, dim + 1), seed=_new_seed() if seed is None else seed, dtype=x0.dtype, device=x0.device)
     y0 = torch.cat([x0, x0.new_zeros(batch, 1)], dim=1)
-    ts = torch.tensor([0.0, grid.numel() - 1.0], dtype=x0.dtype, device=x0.device)
+    ts = torch.tensor([0.0, grid.numel() - 1.0], dtype=x0.dtype)
     if adjoint:
         params = tuple(p for p in control.parameters() if p.requires_grad)
         ys = torchsde.sdeint_adjoint(

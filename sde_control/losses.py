@@ -38,20 +38,29 @@ def kl_loss(
     *,
     adjoint: bool = False,
     adjoint_method: str = "reversible_heun",
+    graph_safe: bool = False,
 ) -> LossOutput:
-    """``-mean(log w)`` without the mean-zero noise term; ``adjoint=True`` uses the continuous weight."""
+    """``-mean(log w)`` without the mean-zero noise term; ``adjoint=True`` uses the continuous weight.
+
+    ``graph_safe=True`` skips the validation of the target's output and draws the noise from the
+    default generator, so the loss has no host synchronisation (CUDA-graph capture).
+    """
     if adjoint:
         x_T, energy = simulate_continuous(control, reference, x0, grid, method=adjoint_method)
         objective = checked_log_prob(target, x_T) + reference.log_ratio_continuous(x0, x_T) - energy
         return LossOutput(-objective.mean(), objective.detach())
-    path = simulate(control, reference, x0, grid)
-    objective = checked_log_prob(target, path.terminal) + reference.log_ratio(path.states, path.grid) + path.control_term
+    path = simulate(control, reference, x0, grid, stream_noise=graph_safe)
+    log_rho = target.log_prob(path.terminal) if graph_safe else checked_log_prob(target, path.terminal)
+    objective = log_rho + reference.log_ratio(path.states, path.grid) + path.control_term
     return LossOutput(-objective.mean(), (objective - path.noise_term).detach())
 
 
-def log_variance_loss(target: Target, reference: Reference, control: Control, x0: Tensor, grid: Tensor) -> LossOutput:
-    """Sample variance of ``log w_u`` on paths driven by ``u.detach()``."""
-    log_w = log_weight(target, reference, simulate(control, reference, x0, grid, detach_drift=True))
+def log_variance_loss(
+    target: Target, reference: Reference, control: Control, x0: Tensor, grid: Tensor, *, graph_safe: bool = False
+) -> LossOutput:
+    """Sample variance of ``log w_u`` on paths driven by ``u.detach()`` (``graph_safe``: see :func:`kl_loss`)."""
+    path = simulate(control, reference, x0, grid, detach_drift=True, stream_noise=graph_safe)
+    log_w = log_weight(target, reference, path, validate=not graph_safe)
     return LossOutput(log_w.var(), log_w.detach())
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .device import like
 from .sdes import ScalarSDE
 
 
@@ -45,18 +46,20 @@ class Steps:
         return Steps(self.scale.to(dtype), self.control.to(dtype), self.var.to(dtype))
 
 
-def time_grid(T: float, steps: int, device: torch.device | str | None = None) -> Tensor:
-    """Uniform grid ``s_k = k T / N``, ``k = 0..N``, in float64."""
+def time_grid(T: float, steps: int) -> Tensor:
+    """Uniform grid ``s_k = k T / N``, ``k = 0..N``, in float64 on the CPU (grids and the per-step
+    coefficients derived from them stay there; :func:`sde_control.device.like` moves them)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of steps must be a positive int, got {steps!r}")
-    return torch.linspace(0.0, T, steps + 1, dtype=torch.float64, device=device)
+    return torch.linspace(0.0, T, steps + 1, dtype=torch.float64)
 
 
-def _log_normal(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """``log N(x; mean, var I) = -|x - mean|^2 / (2 var) - d/2 log(2 pi var)``, with ``var`` of shape
-    ``x.shape[:-1]`` or broadcastable to it (written out: ``torch.distributions.Normal`` would
-    expand ``var`` to the full shape of ``x`` and take its logarithm elementwise)."""
-    return -0.5 * ((x - mean).square().sum(-1) / var + x.shape[-1] * torch.log(2 * math.pi * var))
+def _log_normal(x: Tensor, mean: Tensor | float, var: Tensor | float) -> Tensor:
+    """``log N(x; mean, var I) = -|x - mean|^2 / (2 var) - d/2 log(2 pi var)``, with ``var`` a float
+    or of shape ``x.shape[:-1]`` or broadcastable to it (written out: ``torch.distributions.Normal``
+    would expand ``var`` to the full shape of ``x`` and take its logarithm elementwise)."""
+    log_var = math.log(2 * math.pi * var) if isinstance(var, float) else torch.log(2 * math.pi * var)
+    return -0.5 * ((x - mean).square().sum(-1) / var + x.shape[-1] * log_var)
 
 
 def _exact_control_coefficient(scale: Tensor, h: Tensor, sigma: Tensor) -> Tensor:
@@ -96,11 +99,12 @@ class Reference(abc.ABC):
 
     def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
         r"""``\log p_ref(X_{0:N-1} | X_N) - \log q_0(X_{0:N})`` for states of shape (N+1, batch, dim)."""
-        steps = self.forward_steps(grid).to(states.dtype)
-        b, c = (v.to(states.dtype)[:, None] for v in self.backward_steps(grid))
+        steps = self.forward_steps(grid)
+        A, v = like(steps.scale, states), like(steps.var, states)
+        b, c = (like(value, states) for value in self.backward_steps(grid))
         x, x_next = states[:-1], states[1:]
-        backward = _log_normal(x, b[..., None] * x_next, c)
-        forward = _log_normal(x_next, steps.scale[:, None, None] * x, steps.var[:, None])
+        backward = _log_normal(x, b[:, None, None] * x_next, c[:, None])
+        forward = _log_normal(x_next, A[:, None, None] * x, v[:, None])
         return (backward - forward).sum(0) - self.log_initial(states[0])
 
     @abc.abstractmethod
@@ -174,10 +178,10 @@ class TimeReversalReference(Reference):
 
     def sample_initial(self, n: int, device: torch.device | str | None = None) -> Tensor:
         noise = torch.randn(n, self.dim, device=device)
-        return self.prior_mean.to(noise.device) + self.prior_std * noise
+        return like(self.prior_mean, noise) + self.prior_std * noise
 
     def log_initial(self, x0: Tensor) -> Tensor:
-        return _log_normal(x0, self.prior_mean.to(x0), torch.tensor(self.prior_std**2).to(x0))
+        return _log_normal(x0, like(self.prior_mean, x0), self.prior_std**2)
 
     def log_ratio_continuous(self, x0: Tensor, xN: Tensor) -> Tensor:
         a, _ = self.sde.transition(torch.tensor(0.0, dtype=torch.float64), torch.tensor(self.T, dtype=torch.float64))
@@ -228,11 +232,11 @@ class ForwardReference(Reference):
     def log_initial(self, x0: Tensor) -> Tensor:
         if self.initial_std == 0:
             raise ValueError("p_0 is a point mass; use log_ratio, which telescopes it away")
-        return _log_normal(x0, torch.zeros_like(x0), torch.tensor(self.initial_std**2).to(x0))
+        return _log_normal(x0, 0.0, self.initial_std**2)
 
     def log_terminal(self, x: Tensor) -> Tensor:
         """``log pi_T(x)``, the uncontrolled terminal marginal."""
-        return _log_normal(x, torch.zeros_like(x), torch.tensor(self.terminal_var).to(x))
+        return _log_normal(x, 0.0, self.terminal_var)
 
     def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
         return -self.log_terminal(states[-1])

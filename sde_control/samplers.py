@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .controls import ControlMLP, ScoreInformedControl
+from .device import like
 from .estimators import LogZEstimate
 from .integrate import simulate
 from .losses import LOSSES
@@ -146,7 +147,7 @@ class Sampler:
             self._set_clip(_clip_at(clip_schedule, iteration))
             start = self.trainer.run["start"]
             phase = (iteration - start) * len(schedule) // self.trainer.run["iterations"]
-            grid = time_grid(self.reference.T, schedule[min(phase, len(schedule) - 1)], self.device)
+            grid = time_grid(self.reference.T, schedule[min(phase, len(schedule) - 1)])
             x0 = self.reference.sample_initial(batch_size, self.device)
             options = {"adjoint": adjoint} if loss == "kl" else {}
             out = LOSSES[loss](self.target, self.reference, self.control, x0, grid, **options)
@@ -178,7 +179,7 @@ class Sampler:
     @torch.no_grad()
     def simulate(self, n: int, steps: int | None = None, batch_size: int = 10_000) -> tuple[Tensor, Tensor]:
         """``n`` samples ``X_T`` of the trained (EMA) control and their log importance weights."""
-        grid = time_grid(self.reference.T, steps or self.steps, self.device)
+        grid = time_grid(self.reference.T, steps or self.steps)
         control = self.trainer.averaged
         samples, log_weights = [], []
         for size in _chunks(n, batch_size):
@@ -198,7 +199,7 @@ class Sampler:
         _, log_weights = self.simulate(n, steps)
         target_log_weights = None
         if eubo and self.target.has_exact_samples:
-            grid = time_grid(self.reference.T, steps or self.steps, self.device)
+            grid = time_grid(self.reference.T, steps or self.steps)
             target_log_weights = torch.cat([
                 log_weight(self.target, self.reference, path_from_states(
                     self.trainer.averaged, self.reference,
@@ -283,7 +284,7 @@ class DIS(Sampler):
         target, reference = self.target, self.reference
 
         def interpolated_score(x: Tensor, s: Tensor) -> Tensor:
-            prior_score = -(x - reference.prior_mean.to(x)) / reference.prior_std**2
+            prior_score = -(x - like(reference.prior_mean, x)) / reference.prior_std**2
             return torch.lerp(prior_score, target.score(x), s / reference.T)
 
         def sigma(s: Tensor) -> Tensor:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .device import like
 from .integrate import Control, Path, on_grid
 from .references import Reference
 from .target import Target, checked_log_prob
 
 
-def log_weight(target: Target, reference: Reference, path: Path) -> Tensor:
-    """``log w`` of each path, shape (batch,)."""
-    return checked_log_prob(target, path.terminal) + reference.log_ratio(path.states, path.grid) + path.log_control_ratio
+def log_weight(target: Target, reference: Reference, path: Path, validate: bool = True) -> Tensor:
+    """``log w`` of each path, shape (batch,); ``validate`` checks the target's output (a host sync)."""
+    log_rho = checked_log_prob(target, path.terminal) if validate else target.log_prob(path.terminal)
+    return log_rho + reference.log_ratio(path.states, path.grid) + path.log_control_ratio
 
 
 @torch.no_grad()
@@ -35,7 +37,7 @@ def path_from_states(control: Control, reference: Reference, states: Tensor, gri
     ``xi_k = (r_k - B_k u_k) / sqrt(v_k)`` that would have produced the states under ``u``.
     """
     steps = reference.forward_steps(grid).to(states.dtype)
-    control_at = on_grid(control, grid.to(states.dtype))
+    control_at = on_grid(control, like(grid, states))
     control_term = states.new_zeros(states.shape[1])
     noise_term = states.new_zeros(states.shape[1])
     for k in range(grid.numel() - 1):
@@ -54,7 +56,7 @@ def reference_paths_from(reference: Reference, x_terminal: Tensor, grid: Tensor)
     With ``x_terminal`` exact target samples these are paths of the target-started reference
     (for DIS: the noising SDE run from the data), on which ``E[log w]`` is the EUBO.
     """
-    b, c = (v.to(x_terminal.dtype) for v in reference.backward_steps(grid))
+    b, c = (like(v, x_terminal) for v in reference.backward_steps(grid))
     states = [x_terminal]
     for k in reversed(range(grid.numel() - 1)):
         states.append(b[k] * states[-1] + c[k].sqrt() * torch.randn_like(x_terminal))

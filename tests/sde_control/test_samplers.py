@@ -149,8 +149,10 @@ def test_short_training_on_the_gmm_finds_every_mode():
     log(9/8) = 0.118 (CONVENTIONS.md section 5); with ESS >= 0.1 and 4000 paths the standard
     error of the estimate is below sqrt(9 / 4000) = 0.05, so an error under 0.118 is a real
     signal. The ELBO (minus the KL) must improve. No mode is dropped: each holds at least 1 % of
-    the raw samples, and the importance-weighted shares are 1/9 each within 0.06 (five standard
-    errors of a share at an effective sample size of 400: sqrt(1/9 * 8/9 / 400) = 0.016).
+    the raw samples, and the importance-weighted shares of 10,000 paths are 1/9 each within 0.06
+    (five standard errors of a share at an effective sample size of 1000,
+    sqrt(1/9 * 8/9 / 1000) = 0.01, plus room for the heavy tail of the weights; measured over
+    four seeds: at most 0.033 off).
     """
     from targets import GaussianMixture
 
@@ -165,7 +167,7 @@ def test_short_training_on_the_gmm_finds_every_mode():
     assert after.error < 0.118
     from sde_control.metrics import mode_fractions
 
-    samples, log_weights = sampler.simulate(4000)
+    samples, log_weights = sampler.simulate(10_000)
     assert (mode_fractions(samples, target.means) > 0.01).all()
     shares = mode_fractions(samples, target.means, weights=torch.softmax(log_weights.double(), 0))
     assert (shares - 1 / 9).abs().max() < 0.06, shares
