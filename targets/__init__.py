@@ -5,5 +5,16 @@ from targets.double_well import DoubleWell
 from targets.funnel import Funnel
 from targets.gaussian import Gaussian
 from targets.gmm import GaussianMixture
+from targets.logistic_regression import BayesianLogisticRegression
+from targets.many_well import ManyWell
 
-__all__ = ["DoubleWell", "Funnel", "Gaussian", "GaussianMixture", "Target", "TargetError"]
+__all__ = [
+    "BayesianLogisticRegression",
+    "DoubleWell",
+    "Funnel",
+    "Gaussian",
+    "GaussianMixture",
+    "ManyWell",
+    "Target",
+    "TargetError",
+]

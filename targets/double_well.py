@@ -6,15 +6,14 @@ import math
 
 import numpy as np
 import torch
-from scipy.integrate import cumulative_trapezoid, quad
 from torch import Tensor
 
 from sde_control.target import Target
+from targets._tabulated import GRID_POINTS, sample_tabulated, tabulate_1d
 
 # Half-width of the 1-d grid is sqrt(delta + sqrt(_TAIL_EXPONENT)): there (x^2 - delta)^2 = _TAIL_EXPONENT, so the
 # density is e^-60 ~ 1e-26 of its peak and the mass outside the grid is far below 1e-12.
 _TAIL_EXPONENT = 60.0
-_GRID_POINTS = 20_001
 
 
 class DoubleWell(Target):
@@ -27,7 +26,8 @@ class DoubleWell(Target):
 
     with ``z_1`` by 1-d quadrature (``scipy.integrate.quad``). ``sample`` is exact up to the resolution of a
     20,001-point grid: each well coordinate by inverse-CDF sampling of the 1-d density (linear interpolation of its
-    trapezoidal CDF), the rest standard normal. ``delta > 0`` (for ``delta <= 0`` there is a single well).
+    trapezoidal CDF; both from :func:`targets._tabulated.tabulate_1d`), the rest standard normal. ``delta > 0``
+    (for ``delta <= 0`` there is a single well).
     """
 
     def __init__(self, dim: int = 5, num_wells: int = 5, delta: float = 4.0) -> None:
@@ -40,14 +40,12 @@ class DoubleWell(Target):
             raise ValueError(f"delta must be positive and finite, got {delta}")
         self.dim, self.num_wells, self.delta = dim, num_wells, float(delta)
         half_width = math.sqrt(delta + math.sqrt(_TAIL_EXPONENT))
-        z1, _ = quad(self._well_density, -half_width, half_width, points=[-math.sqrt(delta), math.sqrt(delta)],
-                     epsabs=0.0, epsrel=1e-12, limit=200)
-        self.log_z1 = math.log(z1)
+        table = tabulate_1d(self._well_log_density, -half_width, half_width,
+                            points=[-math.sqrt(delta), math.sqrt(delta)], grid_points=GRID_POINTS)
+        self.log_z1 = table.log_normaliser
         self.log_Z = num_wells * self.log_z1 + 0.5 * (dim - num_wells) * math.log(2 * math.pi)
-        grid = np.linspace(-half_width, half_width, _GRID_POINTS)
-        cdf = cumulative_trapezoid(self._well_density(grid), grid, initial=0.0)
-        self.register_buffer("grid", torch.from_numpy(grid))
-        self.register_buffer("cdf", torch.from_numpy(cdf / cdf[-1]))
+        self.register_buffer("grid", table.grid)
+        self.register_buffer("cdf", table.cdf)
 
     @classmethod
     def dis_d5(cls) -> DoubleWell:
@@ -59,9 +57,9 @@ class DoubleWell(Target):
         """The DIS paper's DW with d = 50, m = 5, delta = 2 (32 modes)."""
         return cls(dim=50, num_wells=5, delta=2.0)
 
-    def _well_density(self, x: np.ndarray | float) -> np.ndarray | float:
-        """The unnormalised 1-d well ``exp(-(x^2 - delta)^2)``."""
-        return np.exp(-((np.square(x) - self.delta) ** 2))
+    def _well_log_density(self, x: np.ndarray | float) -> np.ndarray | float:
+        """The log of the unnormalised 1-d well, ``-(x^2 - delta)^2``."""
+        return -((np.square(x) - self.delta) ** 2)
 
     def log_prob(self, x: Tensor) -> Tensor:
         wells, rest = x[:, : self.num_wells], x[:, self.num_wells :]
@@ -73,17 +71,8 @@ class DoubleWell(Target):
         return torch.cat([-4 * wells * (wells**2 - self.delta), -rest], dim=1)
 
     def sample(self, n: int) -> Tensor:
-        u = torch.rand(n, self.num_wells, dtype=self.cdf.dtype, device=self.cdf.device)
-        wells = _interp(u, self.cdf, self.grid).to(torch.get_default_dtype())
+        wells = sample_tabulated(n, self.num_wells, self.grid, self.cdf)
         return torch.cat([wells, torch.randn(n, self.dim - self.num_wells, device=wells.device)], dim=1)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_wells={self.num_wells}, delta={self.delta}"
-
-
-def _interp(u: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Piecewise-linear interpolation through ``(xp, fp)`` at ``u`` (``xp`` non-decreasing), like ``np.interp``."""
-    i = torch.searchsorted(xp, u).clamp(1, xp.numel() - 1)
-    x0, x1 = xp[i - 1], xp[i]
-    t = ((u - x0) / (x1 - x0).clamp_min(torch.finfo(xp.dtype).tiny)).clamp(0.0, 1.0)
-    return fp[i - 1] + t * (fp[i] - fp[i - 1])
