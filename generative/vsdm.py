@@ -1,0 +1,195 @@
+r"""Variational Schroedinger diffusion models (Deng et al., ICML 2024), Algorithm 1.
+
+The forward process is VP plus a learned linear drift (:mod:`generative.forward`): ``F(t) = beta(t)(A_t - I/2)``,
+``G G^T = beta(t) I``, with closed-form (or moment-ODE) transitions, so the backward score stays
+simulation-free. Training alternates, for ``stages`` stages:
+
+(a) **backward score** on the current forward process: ``score_iterations`` steps of denoising score matching
+    (:mod:`generative.score_matching`) of the noise-prediction network;
+
+(b) **forward matrices** by stochastic approximation against the frozen backward score: draw paths of the reverse
+    SDE of the current forward process from the *fixed* prior ``N(0, I)`` (states ``x`` at noising times ``t``),
+    freeze the backward control ``z_b = g s(x, t) - z_f(x, t)`` (``s`` the fitted score, ``z_f = g A_t x`` at
+    the current ``A``), and take ``forward_iterations`` Adam steps on
+
+    .. math::  J(A) = E \int_{t_{min}}^T \Big( \tfrac12 |z_f|^2 + z_f \cdot z_b + \zeta\, \nabla\cdot(g z_f) \Big) dt
+               = E \int g^2 \Big( \tfrac12 |A_t x|^2 + A_t x \cdot (s - A^{cur}_t x) + \zeta \operatorname{tr} A_t \Big) dt
+
+    (``z_f = g A_t x`` is linear, so its divergence is exactly ``g^2 tr A_t``; the time integral is the
+    trapezoid rule over the path's times). At ``A = A^cur`` the gradient is ``E int g^2 (s x^T + zeta I) dt``.
+    ``zeta = 1`` is the objective's own value (the reference code uses 0.75). If the states came from the forward
+    marginals with the exact score, ``E[s x^T] = -I`` and nothing would move at ``zeta = 1``: the pull comes from
+    starting the backward paths at ``N(0, I)`` instead of the forward process's own terminal law, and it drives
+    that terminal law towards the prior.
+
+The forward process starts at plain VP (``A = 0``), so stage 1's score model is the VP baseline's. Both networks
+keep an exponential moving average; the averaged forward process is the one the score is fitted on, the one the
+backward paths of (b) use, and the one :meth:`VSDM.sample` integrates: one forward process for training and
+sampling. The last stage ends with (a), so the final score belongs to the final forward process. Learning
+rates of both decay geometrically over the stages, from ``lr`` to ``lr * lr_final`` (step sizes of the
+stochastic approximation); :func:`fit_equal_budget` gives a plain score model the same score-network budget and
+schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sde_control.sdes import VP
+from sde_control.training import LossFn, Trainer
+
+from .data import validate
+from .forward import TimeDependentVSDMForward, VSDMForward
+from .sampling import reverse_paths
+from .score_model import ScoreModel
+
+
+class VSDM(ScoreModel):
+    """VSDM with a piecewise-linear ``A_t`` between ``knots`` matrices, or (``time_dependent=False``) one ``A``.
+
+    Args:
+        dim: data dimension (the forward matrix is ``dim x dim``).
+        time_dependent, knots: the parameterisation of ``A_t`` (:mod:`generative.forward`).
+        beta_min, beta_max, T: the VP schedule the forward process starts from (the paper: 0.1, 10, 1).
+        zeta: weight of the divergence term of the forward objective (module docstring).
+        network, width, depth, t_min, ema_decay: of the score model (:class:`ScoreModel`).
+        forward_ema_decay: of the forward matrices' average.
+    """
+
+    def __init__(self, dim: int, *, time_dependent: bool = True, knots: int = 3, beta_min: float = 0.1,
+                 beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, network: nn.Module | None = None,
+                 width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99,
+                 forward_ema_decay: float | None = 0.9):
+        self.config = dict(dim=dim, time_dependent=time_dependent, knots=knots, beta_min=beta_min, beta_max=beta_max,
+                           T=T, zeta=zeta, network=copy.deepcopy(network), width=width, depth=depth, t_min=t_min,
+                           ema_decay=ema_decay, forward_ema_decay=forward_ema_decay)
+        forward = (TimeDependentVSDMForward(dim, knots, beta_min, beta_max, T) if time_dependent
+                   else VSDMForward(dim, beta_min, beta_max, T))
+        self.forward_trainer = Trainer(forward, lr=1e-2, weight_decay=0.0, grad_clip=None, lr_final=1.0,
+                                       ema_decay=forward_ema_decay)
+        self.zeta = float(zeta)
+        self.stage = 0
+        self.stages: list[dict[str, Any]] = []
+        self._setup(dim, network, width, depth, t_min, ema_decay)
+
+    @property
+    def sde(self) -> VSDMForward | TimeDependentVSDMForward:
+        """The averaged forward process: the score is fitted on it and samples integrate it."""
+        return self.forward_trainer.averaged
+
+    def vp_baseline(self) -> ScoreModel:
+        """An untrained score model on plain VP with this model's schedule, network and settings (stage 0)."""
+        c = self.config
+        return ScoreModel(c["dim"], VP(c["beta_min"], c["beta_max"], c["T"]), copy.deepcopy(c["network"]),
+                          width=c["width"], depth=c["depth"], t_min=c["t_min"], ema_decay=c["ema_decay"])
+
+    # ------------------------------------------------------------------ training
+    def fit(self, x: Tensor, stages: int = 20, score_iterations: int = 500, forward_iterations: int = 100,
+            batch_size: int = 512, *, paths: int = 1000, path_steps: int = 100, forward_batch: int | None = None,
+            lr: float = 1e-3, forward_lr: float = 2e-2, lr_final: float = 0.1, weight_decay: float = 0.0,
+            grad_clip: float | None = 1.0, progress: bool = True, checkpoint: str | os.PathLike | None = None,
+            resume: bool = True) -> list[dict[str, Any]]:
+        """Alternate score fitting and forward updates for ``stages`` stages (module docstring).
+
+        Args:
+            x: data (n, dim).
+            stages: score stages; a forward update follows each but the last.
+            score_iterations, batch_size: DSM steps per stage and their batch.
+            forward_iterations, forward_batch: forward steps per stage and the backward paths per step (``None``:
+                all of them, so the stage's objective is fixed and the stochasticity comes from fresh paths).
+            paths, path_steps: backward paths drawn per stage for the forward update, and their Euler steps.
+            lr, forward_lr, lr_final: initial learning rates; both decay to ``lr_final`` times theirs.
+            weight_decay, grad_clip: of the score network's Adam.
+            checkpoint: file written after every stage; with ``resume``, an existing one is continued.
+
+        Returns one record per stage: the stage, the averaged forward process's time-averaged ``A`` and its
+        :meth:`prior_kl`, and the last forward objective value.
+        """
+        x = validate(x, dim=self.dim).to(self.device)
+        if checkpoint is not None and resume and os.path.exists(checkpoint):
+            self.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=False)["state"])
+        for stage in range(self.stage, stages):
+            decay = lr_final ** (stage / stages)
+            self.trainer.configure(lr=lr * decay, weight_decay=weight_decay, grad_clip=grad_clip, lr_final=1.0)
+            self.trainer.fit(self._batch_loss(x, batch_size), score_iterations, progress=progress,
+                             description=f"VSDM stage {stage + 1}/{stages}")
+            record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(), "prior_kl": self.prior_kl(x)}
+            if stage < stages - 1 and forward_iterations > 0:
+                self.forward_trainer.configure(lr=forward_lr * decay, weight_decay=0.0, grad_clip=None, lr_final=1.0)
+                history = self.forward_trainer.fit(self._forward_objective(paths, path_steps, forward_batch),
+                                                   forward_iterations, progress=False)
+                record["forward_objective"] = history[-1]["loss"]
+            self.stages.append(record)
+            self.stage = stage + 1
+            if checkpoint is not None:
+                self.save(checkpoint)
+        return self.stages
+
+    @torch.no_grad()
+    def _backward_statistics(self, paths: int, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Reverse-SDE paths from ``N(0, I)`` under the averaged forward process and score: their states ``X``
+        (steps + 1, paths, d), ``V = s(X, t) - A^cur_t X`` (``z_b / g``), the noising times and the weights
+        ``beta(t) dt`` of the trapezoid rule (all float64)."""
+        sde = self.sde
+        x_T = torch.randn(paths, self.dim, device=self.device)
+        states = reverse_paths(sde, self.score, x_T, steps, self.t_min, method="sde")
+        times = torch.linspace(sde.T, self.t_min, steps + 1, dtype=torch.float64)
+        scores = torch.stack([self.score(states[k], times[k]) for k in range(steps + 1)]).double()
+        X = states.double()
+        V = scores - torch.einsum("kij,kpj->kpi", sde.A(times), X)
+        dt = torch.full((steps + 1,), (sde.T - self.t_min) / steps, dtype=torch.float64)
+        dt[[0, -1]] /= 2
+        return X, V, times, sde.beta(times) * dt
+
+    def _forward_objective(self, paths: int, steps: int, batch: int | None) -> LossFn:
+        """:func:`variational_objective` on batches of ``batch`` (``None``: all) of ``paths`` fresh backward paths."""
+        X, V, times, weights = self._backward_statistics(paths, steps)
+        forward = self.forward_trainer.module
+
+        def objective(iteration: int) -> tuple[Tensor, dict[str, float]]:
+            rows = slice(None) if batch is None else torch.randint(0, paths, (batch,))
+            return variational_objective(forward.A(times), X[:, rows], V[:, rows], weights, self.zeta), {}
+
+        return objective
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "forward_trainer": self.forward_trainer.state_dict(), "stage": self.stage,
+                "stages": self.stages}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.forward_trainer.load_state_dict(state["forward_trainer"])
+        self.stage, self.stages = state["stage"], state["stages"]
+
+
+def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta: float) -> Tensor:
+    r"""``J(A) = mean_p sum_k w_k (|A_k x|^2 / 2 + A_k x . v + zeta tr A_k)`` (the module docstring's objective
+    divided by ``g^2``, with ``w_k = g^2(t_k) dt_k``) for ``A`` (N+1, d, d), states ``X`` and ``V = z_b / g``
+    (N+1, P, d) and weights (N+1,)."""
+    Ax = torch.einsum("kij,kpj->kpi", A, X)
+    trace = A.diagonal(dim1=-2, dim2=-1).sum(-1)
+    integrand = 0.5 * Ax.square().sum(-1) + (Ax * V).sum(-1) + zeta * trace[:, None]
+    return (weights[:, None] * integrand).sum(0).mean()
+
+
+def fit_equal_budget(model: ScoreModel, x: Tensor, *, stages: int, score_iterations: int, batch_size: int = 512,
+                     lr: float = 1e-3, lr_final: float = 0.1, weight_decay: float = 0.0,
+                     grad_clip: float | None = 1.0, progress: bool = True,
+                     checkpoint: str | os.PathLike | None = None, **vsdm_options: Any) -> list[dict[str, Any]]:
+    """Train ``model`` with ``stages * score_iterations`` score-network steps on batches of ``batch_size``.
+
+    A :class:`VSDM` trains by its stages (``vsdm_options`` go to :meth:`VSDM.fit`); any other
+    :class:`ScoreModel` takes the same number of steps in one run whose stepwise learning-rate decay
+    (``lr_every = score_iterations``) equals VSDM's stage by stage: the equal budget of a comparison.
+    """
+    common = dict(batch_size=batch_size, lr=lr, lr_final=lr_final, weight_decay=weight_decay, grad_clip=grad_clip,
+                  progress=progress, checkpoint=checkpoint)
+    if isinstance(model, VSDM):
+        return model.fit(x, stages=stages, score_iterations=score_iterations, **common, **vsdm_options)
+    return model.fit(x, iterations=stages * score_iterations, lr_every=score_iterations, **common)

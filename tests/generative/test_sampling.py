@@ -1,0 +1,55 @@
+"""The reverse SDE and the probability-flow ODE: with the exact score of Gaussian data they return the data law
+under every forward process, learned ones included."""
+
+import pytest
+import torch
+
+from generative import TimeDependentVSDMForward, VSDMForward, data
+from generative.sampling import evaluations, reverse_paths
+from generative.score_matching import gaussian_marginal, gaussian_score
+from sde_control.sdes import VP, SubVP
+
+f64 = dict(dtype=torch.float64)
+MEAN, COV = torch.tensor([1.0, -1.0], **f64), data.anisotropic_gaussian_covariance((1.0, 4.0), 30.0)
+
+
+def forward_processes():
+    A = VSDMForward(2)
+    A_t = TimeDependentVSDMForward(2, knots=3, grid_steps=200)
+    with torch.no_grad():
+        A.weight.copy_(torch.tensor([[-0.3, 0.2], [0.1, 0.25]], **f64))
+        A_t.weight.copy_(torch.tensor([[[-0.3, 0.2], [0.1, 0.25]], [[0.2, 0.0], [-0.2, -0.4]], [[0.0, 0.3], [0.1, 0.1]]], **f64))
+    return [VP(0.1, 10.0), SubVP(0.1, 10.0), A, A_t]
+
+
+@pytest.mark.parametrize("sde", forward_processes(), ids=["vp", "subvp", "learned-A", "learned-A_t"])
+@pytest.mark.parametrize("method, solver, steps", [("ode", "heun", 100), ("sde", "euler", 400)])
+def test_exact_score_recovers_the_data_covariance(sde, method, solver, steps):
+    n, t_min = 4000, 1e-3
+    mean_T, cov_T = gaussian_marginal(sde, torch.tensor(sde.T, **f64), MEAN, COV)
+    x_T = mean_T + torch.randn(n, 2, **f64) @ torch.linalg.cholesky(cov_T).T  # the exact law of X_T
+    with torch.no_grad():
+        paths = reverse_paths(sde, gaussian_score(sde, MEAN, COV), x_T, steps, t_min, method=method, solver=solver)
+    assert paths.shape == (steps + 1, n, 2)
+    torch.testing.assert_close(paths[0], x_T)
+    x = paths[-1]
+    _, cov_end = gaussian_marginal(sde, torch.tensor(t_min, **f64), MEAN, COV)  # = COV + O(t_min)
+    se_mean = (cov_end.diagonal() / n).sqrt()
+    assert ((x.mean(0) - MEAN).abs() < 5 * se_mean + 0.02).all()
+    # Five standard errors of each covariance entry plus 2 % of the largest for the time discretisation.
+    se_cov = ((cov_end.diagonal()[:, None] * cov_end.diagonal()[None, :] + cov_end**2) / n).sqrt()
+    assert ((x.T.cov() - cov_end).abs() < 5 * se_cov + 0.02 * cov_end.abs().max()).all()
+
+
+def test_options_are_checked_and_seeds_fix_the_noise():
+    sde, score, x_T = VP(), gaussian_score(VP(), MEAN, COV), torch.randn(8, 2, **f64)
+    with torch.no_grad():
+        a = reverse_paths(sde, score, x_T, 5, 1e-3, method="sde", seed=3)
+        b = reverse_paths(sde, score, x_T, 5, 1e-3, method="sde", seed=3)
+    torch.testing.assert_close(a, b)
+    for kwargs, message in [(dict(method="flow"), "method must be one of"), (dict(solver="rk4"), "solver must be"),
+                            (dict(steps=0), "steps must be a positive int"), (dict(t_min=0.0), "t_min must lie")]:
+        options = dict(steps=5, t_min=1e-3) | kwargs
+        with pytest.raises(ValueError, match=message):
+            reverse_paths(sde, score, x_T, options.pop("steps"), options.pop("t_min"), **options)
+    assert evaluations(20, "euler") == 20 and evaluations(20, "heun") == 40

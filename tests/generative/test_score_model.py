@@ -1,0 +1,54 @@
+"""ScoreModel: construction checks, sampling output, the prior KL, persistence and resumption."""
+
+import math
+
+import pytest
+import torch
+
+from generative import ScoreModel, VSDMForward, data
+from sde_control.sdes import CLD, VP
+
+f64 = dict(dtype=torch.float64)
+
+
+def test_construction_is_checked():
+    with pytest.raises(ValueError, match="2 x 2 blocks, which cannot act on data of dimension 3"):
+        ScoreModel(3, VSDMForward(2))
+    with pytest.raises(ValueError, match="t_min must lie"):
+        ScoreModel(2, t_min=0.0)
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        ScoreModel(0)
+    assert ScoreModel(4, CLD()).sde.K == 2  # 2 blocks of 2 channels
+
+
+def test_sample_shapes_and_seeds():
+    model = ScoreModel(2, width=16, depth=2)
+    samples, paths = model.sample(30, steps=7, return_paths=True, seed=2)
+    assert samples.shape == (30, 2) and paths.shape == (8, 30, 2)
+    torch.testing.assert_close(paths[-1], samples)
+    torch.testing.assert_close(model.sample(30, steps=7, method="sde", seed=2), model.sample(30, steps=7, method="sde", seed=2))
+    with pytest.raises(ValueError, match="positive int"):
+        model.sample(0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        model.sample(5, method="flow")
+
+
+def test_prior_kl_is_the_gaussian_kl_of_the_terminal_moments():
+    model = ScoreModel(2, VP(0.1, 10.0))
+    x = data.anisotropic_gaussian(200_000, std=(1.0, 16.0), angle=0.0)
+    decay = math.exp(-(0.1 + 9.9 / 2))  # Psi_T^2 for VP: exp(-int beta)
+    variances = [1.0 * decay + 1 - decay, 256.0 * decay + 1 - decay]
+    expected = sum(0.5 * (v - 1 - math.log(v)) for v in variances)
+    assert model.prior_kl(x) == pytest.approx(expected, rel=0.02)
+    assert model.prior_kl(torch.randn(200_000, 2)) < 1e-3  # N(0, I) data stays N(0, I) under VP
+
+
+def test_save_load_and_a_finished_checkpoint_is_not_retrained(tmp_path):
+    x = data.moons(1000)
+    model = ScoreModel(2, width=16, depth=2)
+    model.fit(x, iterations=6, batch_size=64, progress=False, checkpoint=tmp_path / "m.pt", checkpoint_every=2)
+    loaded = ScoreModel.load(tmp_path / "m.pt")
+    assert loaded.trainer.iteration == 6 and isinstance(loaded.sde, VP)
+    torch.testing.assert_close(loaded.sample(20, steps=4, seed=0), model.sample(20, steps=4, seed=0))
+    loaded.fit(x, iterations=6, batch_size=64, progress=False, checkpoint=tmp_path / "m.pt")
+    assert loaded.trainer.iteration == 6
