@@ -79,6 +79,7 @@ class ControlMLP(nn.Module):
             raise ValueError(f"depth must be at least 2, got {depth}")
         self.dim = dim
         self.register_buffer("clip_value", torch.tensor(float(clip)))  # saved with the weights
+        self._clip = float(clip)  # read without touching the (maybe device) buffer
         self.input = nn.Linear(dim, width)
         self.time = TimeNetwork(width, width, depth=2)
         self.body = nn.Sequential(nn.GELU(), _mlp([width] * (depth - 1) + [dim], nn.GELU))
@@ -86,11 +87,16 @@ class ControlMLP(nn.Module):
 
     @property
     def clip(self) -> float:
-        return float(self.clip_value)
+        return self._clip
 
     @clip.setter
     def clip(self, value: float) -> None:
+        self._clip = float(value)
         self.clip_value.fill_(value)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._clip = float(self.clip_value)
 
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         """``NN(x, s)`` for one time ``s`` (0-dim) or one time per row of ``x`` (shape ``(batch,)``)."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
+
+from .graphs import DeferredSteps
 
 LossFn = Callable[[int], tuple[Tensor, dict[str, float]]]
 """``loss_fn(iteration) -> (scalar loss, metrics to log)``."""
@@ -59,6 +61,7 @@ class Trainer:
         ema_decay: float | None = 0.999,
     ):
         self.module, self.lr, self.grad_clip, self.lr_final, self.lr_every = module, lr, grad_clip, lr_final, lr_every
+        self.ema_decay = ema_decay
         self.optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
         self.ema = None if ema_decay is None else AveragedModel(module, multi_avg_fn=_warmup_ema(ema_decay), use_buffers=True)
         self.iteration = 0
@@ -97,6 +100,8 @@ class Trainer:
         evaluate_every: int = 100,
         checkpoint: Callable[[], None] | None = None,
         checkpoint_every: int = 500,
+        graph_key: Callable[[int], Hashable] | None = None,
+        sync_every: int = 25,
     ) -> list[dict[str, Any]]:
         """Run ``iterations`` optimisation steps (with ``resume``, finish the interrupted run instead).
 
@@ -104,6 +109,11 @@ class Trainer:
         out of the ``time`` column of the history); ``checkpoint()`` every ``checkpoint_every``
         steps and at the end. Raises :class:`TrainingDivergedError` on a non-finite loss or
         gradient, before that step's update.
+
+        With ``graph_key`` (and a graph-safe ``loss_fn``), steps run without a host
+        synchronisation: on a CUDA device captured in a CUDA graph, recaptured whenever
+        ``graph_key(iteration)`` changes (:mod:`sde_control.graphs`). Losses are then read and
+        checked every ``sync_every`` steps; a non-finite one restores the state of the last check.
         """
         if not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be a positive int, got {iterations!r}")
@@ -113,19 +123,30 @@ class Trainer:
         elapsed = self.history[-1]["time"] if resume and self.history else 0.0
         bar = tqdm(total=iterations, initial=self.iteration - self.run["start"], desc=description, disable=not progress)
         postfix: dict[str, float] = {}
+        deferred = None if graph_key is None else DeferredSteps(self, loss_fn, graph_key)
         try:
             while self.iteration < end:
                 started = time.perf_counter()
-                record = self._step(loss_fn)
+                if deferred is None:
+                    records = [self._step(loss_fn)]
+                else:
+                    deferred.step()
+                    due = (self.iteration % sync_every == 0 or self.iteration == end
+                           or (evaluate is not None and self.iteration % evaluate_every == 0)
+                           or (checkpoint is not None and self.iteration % checkpoint_every == 0))
+                    records = deferred.flush() if due else []
                 elapsed += time.perf_counter() - started
-                record["time"] = elapsed
+                bar.update()
+                for record in records:
+                    record["time"] = elapsed
+                    self.history.append(record)
+                    postfix = {k: v for k, v in record.items() if k in ("loss", "log_z", "ess")} or postfix
+                    bar.set_postfix(postfix, refresh=False)
+                if not records:
+                    continue
                 done = self.iteration == end
                 if evaluate is not None and (self.iteration % evaluate_every == 0 or done):
-                    record.update(evaluate())
-                self.history.append(record)
-                postfix = {k: v for k, v in record.items() if k in ("loss", "log_z", "ess")} or postfix
-                bar.set_postfix(postfix, refresh=False)
-                bar.update()
+                    records[-1].update(evaluate())
                 if checkpoint is not None and (self.iteration % checkpoint_every == 0 or done):
                     checkpoint()
                     self.last_checkpoint = self.iteration
@@ -151,14 +172,17 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], **metrics}
 
     def _check_finite(self, what: str, value: Tensor) -> None:
-        if torch.isfinite(value).all():
-            return
+        if not torch.isfinite(value).all():
+            self.raise_diverged(self.iteration, what, value.detach().item(), weights_from=self.iteration)
+
+    def raise_diverged(self, iteration: int, what: str, value: float, weights_from: int) -> None:
+        """Raise :class:`TrainingDivergedError` for a non-finite ``what`` at ``iteration``."""
         saved = ("no checkpoint was written" if self.last_checkpoint is None
                  else f"the last checkpoint holds iteration {self.last_checkpoint}")
         raise TrainingDivergedError(
-            f"training stopped at iteration {self.iteration}: the {what} is {value.detach().item()}. No update with it was "
-            f"applied, so the weights are those of iteration {self.iteration}; {saved}. Try a smaller learning rate, "
-            f"a tighter clip, or check the target's log_prob for overflow."
+            f"training stopped at iteration {iteration}: the {what} is {value}. No update with it was kept, so "
+            f"the weights are those of iteration {weights_from}; {saved}. Try a smaller learning rate, a tighter "
+            f"clip, or check the target's log_prob for overflow."
         )
 
     def state_dict(self) -> dict[str, Any]:

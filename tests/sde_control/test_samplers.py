@@ -89,8 +89,8 @@ def test_nan_loss_mid_training_stops_with_message_and_keeps_checkpoint(tmp_path,
     sampler = DDS(GAUSSIAN, steps=10)
     original = losses_module.LOSSES["lv"]
 
-    def turns_nan(target, reference, control, x0, grid):
-        out = original(target, reference, control, x0, grid)
+    def turns_nan(target, reference, control, x0, grid, **options):
+        out = original(target, reference, control, x0, grid, **options)
         if sampler.trainer.iteration >= 5:
             out.loss = out.loss * float("nan")
         return out
@@ -127,10 +127,10 @@ def test_resume_an_interrupted_fit(tmp_path, monkeypatch):
     sampler = PIS(GAUSSIAN, steps=8, width=16, depth=3)
     original = losses_module.LOSSES["lv"]
 
-    def interrupt_at_6(target, reference, control, x0, grid):
+    def interrupt_at_6(target, reference, control, x0, grid, **options):
         if sampler.trainer.iteration == 6:
             raise KeyboardInterrupt
-        return original(target, reference, control, x0, grid)
+        return original(target, reference, control, x0, grid, **options)
 
     monkeypatch.setitem(losses_module.LOSSES, "lv", interrupt_at_6)
     with pytest.raises(KeyboardInterrupt):
@@ -192,3 +192,13 @@ def test_short_training_on_the_funnel_improves_the_bounds():
     assert after.elbo > before.elbo + 2.0
     assert after.elbo < after.log_z_exact + 0.05  # a lower bound
     assert after.error < 1.0
+
+
+def test_cuda_graph_request_falls_back_cleanly_on_cpu():
+    sampler = DIS(GAUSSIAN, steps=10, width=16, depth=3)
+    with pytest.warns(UserWarning, match="without a CUDA device"):
+        history = sampler.fit(30, batch_size=64, cuda_graph=True, progress=False)
+    assert len(history) == 30 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+    with pytest.raises(ValueError, match="graph-safe"):
+        sampler.fit(2, loss="kl", adjoint=True, cuda_graph=True, progress=False)

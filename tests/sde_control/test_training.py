@@ -91,3 +91,38 @@ def test_bad_iterations():
     module, loss_fn = quadratic_problem()
     with pytest.raises(ValueError, match="positive int"):
         Trainer(module).fit(loss_fn, 0, progress=False)
+
+
+def test_deferred_steps_match_eager_steps_on_cpu():
+    """The GPU path's bookkeeping (deferred loss checks, host-counted EMA) run eagerly on a CPU
+    gives the weights, averages and learning rates of the ordinary loop."""
+    torch.manual_seed(0)
+    module, loss_fn = quadratic_problem()
+    eager = Trainer(module, lr=0.05, lr_every=3, ema_decay=0.9)
+    eager.fit(loss_fn, 20, progress=False)
+
+    torch.manual_seed(0)
+    module2 = nn.Linear(1, 4, bias=False)
+    deferred = Trainer(module2, lr=0.05, lr_every=3, ema_decay=0.9)
+    history = deferred.fit(lambda i: ((module2.weight - 3.0).square().sum(), {}), 20, progress=False,
+                           graph_key=lambda i: 0, sync_every=7)
+    assert [r["iteration"] for r in history] == list(range(1, 21))
+    torch.testing.assert_close(module2.weight, module.weight)
+    torch.testing.assert_close(deferred.averaged.weight, eager.averaged.weight)
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in history]), torch.tensor([r["loss"] for r in eager.history]))
+
+
+def test_deferred_steps_restore_the_last_checked_state_on_divergence(tmp_path):
+    module, loss_fn = quadratic_problem()
+    trainer = Trainer(module, lr=0.1)
+
+    def poisoned(iteration):
+        loss, metrics = loss_fn(iteration)
+        return (loss * float("nan") if iteration >= 12 else loss), metrics
+
+    with pytest.raises(TrainingDivergedError, match="iteration 12: the loss is nan.*those of iteration 10"):
+        trainer.fit(poisoned, 30, progress=False, graph_key=lambda i: 0, sync_every=5)
+    assert trainer.iteration == 10 and torch.isfinite(module.weight).all()
+    with torch.no_grad():
+        expected = module.weight.clone()
+    assert torch.equal(trainer.averaged.weight.isfinite(), torch.ones_like(expected, dtype=torch.bool))
