@@ -2,7 +2,7 @@
 double well (d=5) and many-well (d=50), over several seeds.
 
     python benchmarks/reproduce.py                      # the CPU budget (about 90 minutes on 2 cores)
-    python benchmarks/reproduce.py --budget paper       # the papers' budget (for a GPU)
+    python benchmarks/reproduce.py --budget paper --jobs 1 --cuda-graph   # the papers' budget, on a GPU
     python benchmarks/reproduce.py --budget smoke       # a seconds-long check of the script
 
 Each cell (target, sampler, loss, seed) is trained and evaluated in its own process and saved to
@@ -61,14 +61,15 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         iterations = iterations[0] if target.dim <= 10 else iterations[1]
     steps = budget["steps"]
     eval_steps = budget.get("eval_steps", steps)
-    sampler = SAMPLERS[cell["sampler"]](target, steps=eval_steps)
+    sampler = SAMPLERS[cell["sampler"]](target, steps=eval_steps).to(cell["device"])
     checkpoint = Path(cell["out"]) / f"{cell['id']}.pt"
     history = sampler.fit(iterations, batch_size=budget["batch_size"], loss=cell["loss"], steps=steps,
-                          progress=False, checkpoint=checkpoint, checkpoint_every=max(iterations // 10, 1))
+                          progress=False, checkpoint=checkpoint, checkpoint_every=max(iterations // 10, 1),
+                          cuda_graph=cell["cuda_graph"])
     started = time.perf_counter()
     est = sampler.estimate_log_z(budget["eval_samples"])
-    samples = sampler.sample(budget["metric_samples"])
-    exact = target.sample(budget["metric_samples"])
+    samples = sampler.sample(budget["metric_samples"]).cpu()
+    exact = target.sample(budget["metric_samples"]).cpu()
     checkpoint.unlink(missing_ok=True)
     return {
         **est.as_dict(),
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--losses", default="kl,lv")
     parser.add_argument("--seeds", type=int, default=None, help="default: the budget's")
     parser.add_argument("--jobs", type=int, default=2, help="cells trained at the same time (one thread each)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cuda-graph", action="store_true", help="capture training steps in CUDA graphs (GPU)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<budget>")
     parser.add_argument("--no-results-md", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path(__file__).resolve().parent / "results" / args.budget
     cells = [
         {"id": f"{t}-{s}-{loss}-{seed}", "budget": args.budget, "target": t, "sampler": s, "loss": loss,
-         "seed": seed, "out": str(out)}
+         "seed": seed, "out": str(out), "device": args.device, "cuda_graph": args.cuda_graph}
         for t in args.targets.split(",") for s in args.samplers.split(",") for loss in args.losses.split(",")
         for seed in range(args.seeds or budget["seeds"])
     ]
