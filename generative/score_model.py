@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sde_control.controls import ControlMLP
 from sde_control.sdes import VP, LinearSDE
-from sde_control.training import Trainer
+from sde_control.training import LossFn, Trainer
 
 from .data import validate
 from .sampling import reverse_paths
@@ -77,7 +77,9 @@ class ScoreModel:
         """The DSM loss on the batch ``x0`` for ``network`` (default: the one being trained)."""
         return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min)
 
-    def _batch_loss(self, x: Tensor, batch_size: int):
+    def _batch_loss(self, x: Tensor, batch_size: int) -> LossFn:
+        """The DSM loss on a fresh random batch of ``x`` per step."""
+
         def step(iteration: int) -> tuple[Tensor, dict[str, float]]:
             return self.loss(x[torch.randint(0, x.shape[0], (batch_size,))]), {}
 

@@ -20,7 +20,10 @@ simulation-free. Training alternates, for ``stages`` stages:
     ``zeta = 1`` is the objective's own value (the reference code uses 0.75). If the states came from the forward
     marginals with the exact score, ``E[s x^T] = -I`` and nothing would move at ``zeta = 1``: the pull comes from
     starting the backward paths at ``N(0, I)`` instead of the forward process's own terminal law, and it drives
-    that terminal law towards the prior.
+    that terminal law towards the prior. The term ``s x^T`` is sensitive to score errors near ``t_min``, where
+    ``s = -L_t^{-T} eps_hat`` multiplies small errors of the noise prediction by ``1 / sigma_t``; a
+    time-dependent ``A_t`` sends their effect mostly to its knot at ``t = 0``, while a single ``A`` carries them
+    into the whole process. That, and the benchmark (``benchmarks/VSDM.md``), is why ``A_t`` is the default.
 
 The forward process starts at plain VP (``A = 0``), so stage 1's score model is the VP baseline's. Both networks
 keep an exponential moving average; the averaged forward process is the one the score is fitted on, the one the

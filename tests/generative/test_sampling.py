@@ -4,27 +4,18 @@ under every forward process, learned ones included."""
 import pytest
 import torch
 
-from generative import TimeDependentVSDMForward, VSDMForward, data
+from generative import data
 from generative.sampling import evaluations, reverse_paths
 from generative.score_matching import gaussian_marginal, gaussian_score
-from sde_control.sdes import VP, SubVP
+from sde_control.sdes import VP
 
 f64 = dict(dtype=torch.float64)
 MEAN, COV = torch.tensor([1.0, -1.0], **f64), data.anisotropic_gaussian_covariance((1.0, 4.0), 30.0)
 
 
-def forward_processes():
-    A = VSDMForward(2)
-    A_t = TimeDependentVSDMForward(2, knots=3, grid_steps=200)
-    with torch.no_grad():
-        A.weight.copy_(torch.tensor([[-0.3, 0.2], [0.1, 0.25]], **f64))
-        A_t.weight.copy_(torch.tensor([[[-0.3, 0.2], [0.1, 0.25]], [[0.2, 0.0], [-0.2, -0.4]], [[0.0, 0.3], [0.1, 0.1]]], **f64))
-    return [VP(0.1, 10.0), SubVP(0.1, 10.0), A, A_t]
-
-
-@pytest.mark.parametrize("sde", forward_processes(), ids=["vp", "subvp", "learned-A", "learned-A_t"])
 @pytest.mark.parametrize("method, solver, steps", [("ode", "heun", 100), ("sde", "euler", 400)])
-def test_exact_score_recovers_the_data_covariance(sde, method, solver, steps):
+def test_exact_score_recovers_the_data_covariance(forward_process, method, solver, steps):
+    sde = forward_process
     n, t_min = 4000, 1e-3
     mean_T, cov_T = gaussian_marginal(sde, torch.tensor(sde.T, **f64), MEAN, COV)
     x_T = mean_T + torch.randn(n, 2, **f64) @ torch.linalg.cholesky(cov_T).T  # the exact law of X_T

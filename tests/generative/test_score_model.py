@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from generative import ScoreModel, VSDMForward, data
-from sde_control.sdes import CLD, VP
+from sde_control.sdes import VP
 
 f64 = dict(dtype=torch.float64)
 
@@ -18,7 +18,6 @@ def test_construction_is_checked():
         ScoreModel(2, t_min=0.0)
     with pytest.raises(ValueError, match="dim must be a positive int"):
         ScoreModel(0)
-    assert ScoreModel(4, CLD()).sde.K == 2  # 2 blocks of 2 channels
 
 
 def test_sample_shapes_and_seeds():
