@@ -121,10 +121,10 @@ def main() -> None:
         "# VSDM versus VP on anisotropic 2-d data",
         "",
         f"Made by `{command}` (budget `{args.budget}`: {budget}); {budget['seeds']} seed(s), mean ± standard "
-        f"deviation over seeds. Machine: {machine()}. Training and evaluation of all cells take {total / 60:.0f} "
-        f"minutes one at a time ({args.jobs} at a time here); cells already in `{out.relative_to(HERE.parent)}` are "
-        f"reused. Times are wall-clock on a machine shared with other jobs and vary with its load: the same VP "
-        f"budget took from {min(vp_times):.0f} to {max(vp_times):.0f} s.",
+        f"deviation over seeds. Machine: {machine()}. The cells' training and evaluation times add up to "
+        f"{total / 60:.0f} minutes ({args.jobs} cell(s) at a time); cells already in "
+        f"`{out.relative_to(HERE.parent)}` are reused. Times are wall-clock on a machine shared with other jobs and "
+        f"vary with its load: the same VP budget took from {min(vp_times):.0f} to {max(vp_times):.0f} s.",
         "",
         "W2^2: exact squared 2-Wasserstein distance between 2000 generated and 2000 held-out points (lower is "
         "better). TV: total variation between 50 x 50 histograms (0 to 1). Straightness: chord over length of the "
