@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, mean_std, run_cells  # noqa: E402
 
 from generative import VSDM, data, fit_equal_budget  # noqa: E402
-from sde_control.metrics import histogram_distance, straightness, wasserstein2_squared  # noqa: E402
+from generative.evaluation import evaluate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = {"spiral": lambda n, seed: data.spiral(n, stretch=8.0, seed=seed),
@@ -76,12 +76,8 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, VSDM):
         result["time_averaged_A"] = model.sde.time_averaged_A().tolist()
     started = time.perf_counter()
-    for steps in STEPS:
-        x, paths = model.sample(budget["held_out"], steps, method="ode", return_paths=True, seed=cell["seed"])
-        result[f"ode{steps}"] = {"w2": wasserstein2_squared(x, test), "tv": histogram_distance(x, test),
-                                 "straightness": straightness(paths)}
-        x = model.sample(budget["held_out"], steps, method="sde", seed=cell["seed"])
-        result[f"sde{steps}"] = {"w2": wasserstein2_squared(x, test), "tv": histogram_distance(x, test)}
+    for steps, method in itertools.product(STEPS, ("ode", "sde")):
+        result[f"{method}{steps}"] = evaluate(model, test, steps, method, seed=cell["seed"])[0]
     result["eval_time_s"] = time.perf_counter() - started
     return result
 

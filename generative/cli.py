@@ -24,10 +24,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sde_control.metrics import histogram_distance, straightness, wasserstein2_squared
 from sde_control.plotting import plot_trajectories
 
 from .data import validate
+from .evaluation import evaluate
 from .sampling import evaluations
 from .score_model import ScoreModel
 from .vsdm import VSDM, fit_equal_budget
@@ -70,12 +70,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if isinstance(m, VSDM):
             info[name]["time_averaged_A"] = m.sde.time_averaged_A().tolist()
         for steps in cfg.evaluate.steps:
-            x, p = m.sample(len(test), steps, method=cfg.evaluate.method, solver=cfg.evaluate.solver,
-                            return_paths=True, seed=cfg.seed)
-            x, p = x.cpu(), p.cpu()
-            rows.append({"model": name, "nfe": evaluations(steps, cfg.evaluate.solver),
-                         "w2_squared": wasserstein2_squared(x, test), "histogram_tv": histogram_distance(x, test),
-                         "straightness": straightness(p) if cfg.evaluate.method == "ode" else None})
+            metrics, x, p = evaluate(m, test, steps, cfg.evaluate.method, cfg.evaluate.solver, seed=cfg.seed)
+            rows.append({"model": name, "nfe": evaluations(steps, cfg.evaluate.solver), **metrics})
             samples[name] = x
             if steps == cfg.evaluate.plot_steps:
                 paths[name] = p
@@ -99,7 +95,7 @@ def format_table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) ->
     for r in rows:
         s = "-" if r["straightness"] is None else f"{r['straightness']:.4f}"
         i = info[r["model"]]
-        lines.append(f"| {r['model']} | {r['nfe']} | {r['w2_squared']:.4g} | {r['histogram_tv']:.4f} | {s} | "
+        lines.append(f"| {r['model']} | {r['nfe']} | {r['w2']:.4g} | {r['tv']:.4f} | {s} | "
                      f"{i['prior_kl']:.4f} | {i['train_time_s']:.0f} |")
     return "\n".join(lines)
 
