@@ -13,7 +13,8 @@ Three entry points:
 
   where ``u`` is the control that is scored and ``\bar u`` the one that drives the path
   (``\bar u = u`` on-policy, where ``C = -sum B^2 |u|^2 / 2v``, about ``-1/2 int |u|^2 ds``, and
-  ``M`` about ``int u . dW``; ``\bar u = u.detach()`` for the log-variance loss). Then
+  ``M`` about ``int u . dW``; ``\bar u = u.detach()`` for the log-variance loss, where ``C`` has the
+  same value and zero gradient, so only ``M`` carries the gradient). Then
   ``sum_k log q_0/q_u (X_{k+1}|X_k) = C - M`` exactly (:mod:`sde_control.weights`).
   Backpropagation goes through the whole path.
 
@@ -97,9 +98,10 @@ class _DiscreteChain(nn.Module):
         self.states[k] = x  # the path, recorded as the solver steps (it only outputs the end point)
         u = self.control(x, k)
         u_drive = u.detach() if self.detach_drift else u
-        usq = u.square().sum(-1, keepdim=True)
-        control_term = c_control * (u * (u - 2 * u_drive)).sum(-1, keepdim=True) if self.detach_drift else -c_control * usq
-        zero = torch.zeros_like(usq)
+        # C = c |u|^2 - 2 c u . u_drive: on-policy -c |u|^2; off-policy at u_drive = u.detach() it has
+        # the same value and a gradient 2 c (u - u_drive) = 0, so it is computed without one.
+        control_term = -c_control * u_drive.square().sum(-1, keepdim=True)
+        zero = torch.zeros_like(control_term)
         drift = torch.cat([torch.add(a1 * x, u_drive, alpha=b), control_term, zero], dim=1)
         noise = torch.cat([std * xi, zero, c_noise * (u * xi).sum(-1, keepdim=True)], dim=1)
         return drift, noise
