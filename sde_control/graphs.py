@@ -68,6 +68,7 @@ class DeferredSteps:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARM_UP_STEPS):
+                self.lr.fill_(self.trainer.learning_rate())
                 self.trainer.optimizer.zero_grad(set_to_none=True)
                 self._finish(*self._body())
         torch.cuda.current_stream().wait_stream(side)
