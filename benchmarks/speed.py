@@ -14,6 +14,8 @@ Sections (each rewrites its own part of benchmarks/RESULTS.md):
   and the median is reported, so machine noise hits all alike.
 * ``memory``: peak resident memory of one KL training step against the number of steps
   (100 to 1600), backpropagation against the adjoint, each in a fresh subprocess.
+* ``graph``: on a CUDA device, training iterations per second with and without CUDA-graph
+  capture (:mod:`sde_control.graphs`); on a machine without one it says so.
 * ``accuracy``: time-to-accuracy on GMM and Funnel at the settings of the measured reference
   bar (log-variance loss, batch 512, 200 steps): the log Z error of 10,000 evaluation paths at
   a series of iterations, the training wall time at each (evaluation excluded), and the first
@@ -186,9 +188,37 @@ def accuracy_section(iterations: int, every: int, shown: list[int], batch: int, 
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- GPU: CUDA graphs
+def graph_section(iterations: int, batch: int, steps: int) -> str:
+    """Training iterations per second of DIS on the Funnel with and without CUDA-graph capture."""
+    header = ["## GPU path: CUDA graphs", ""]
+    if not torch.cuda.is_available():
+        return "\n".join(header + [
+            f"Command: `python benchmarks/speed.py --section graph`. Not measured: no CUDA device on this machine "
+            f"({machine()}). The path's bookkeeping runs eagerly on a CPU and is tested there "
+            f"(tests/sde_control/test_training.py, test_samplers.py); on a CPU `fit(cuda_graph=True)` warns and "
+            f"trains without capture."])
+    rates = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        sampler = DIS(Funnel(), steps=steps).to("cuda")
+        sampler.fit(10, batch_size=batch, progress=False, cuda_graph=graphed)  # warm-up (and first capture)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        sampler.fit(iterations, batch_size=batch, progress=False, cuda_graph=graphed)
+        torch.cuda.synchronize()
+        rates[graphed] = iterations / (time.perf_counter() - started)
+    rows = [["eager", f"{rates[False]:.2f}"], ["CUDA graph", f"{rates[True]:.2f}"],
+            ["speed-up", f"{rates[True] / rates[False]:.2f}x"]]
+    return "\n".join(header + [
+        f"Command: `python benchmarks/speed.py --section graph`. DIS on the 10-d Funnel, log-variance loss, batch "
+        f"{batch}, {steps} steps, {iterations} iterations after 10 warm-up ones. Device: {machine()}.", "",
+        markdown_table(["training step", "iterations / s"], rows)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=("step", "memory", "accuracy", "all"), default="all")
+    parser.add_argument("--section", choices=("step", "memory", "accuracy", "graph", "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; print, do not write RESULTS.md")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODE", "STEPS", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -201,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory": lambda: memory_section([10, 20], 16) if args.smoke else memory_section([100, 200, 400, 800, 1600], 256),
         "accuracy": lambda: accuracy_section(4, 2, [2, 4], 16, 8, 64) if args.smoke
         else accuracy_section(1500, 50, [50, 100, 250, 500, 1000, 1500], 512, 200, 10_000),
+        "graph": lambda: graph_section(3, 16, 8) if args.smoke else graph_section(200, 2048, 200),
     }
     for name, section in sections.items():
         if args.section in (name, "all"):

@@ -28,5 +28,5 @@ def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
 
 def test_speed_smoke(tmp_path):
     text = run("speed.py", "--smoke", cwd=tmp_path)
-    for heading in ("Training-step time", "Peak memory of the KL loss", "Time to accuracy"):
+    for heading in ("Training-step time", "Peak memory of the KL loss", "Time to accuracy", "GPU path: CUDA graphs"):
         assert heading in text
