@@ -90,8 +90,9 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
         "torchsde, default BrownianInterval, LV": lambda x0: default_brownian_lv_step(sampler, x0, grid),
         "library, KL, backpropagation": lambda x0: kl_loss(
             sampler.target, sampler.reference, sampler.control, x0, grid).loss,
-        "library, KL, sdeint_adjoint (reversible Heun)": lambda x0: kl_loss(
-            sampler.target, sampler.reference, sampler.control, x0, grid, adjoint=True).loss,
+        f"library, KL, sdeint_adjoint ({sampler.adjoint_method}, as fit uses)": lambda x0: kl_loss(
+            sampler.target, sampler.reference, sampler.control, x0, grid, adjoint=True,
+            adjoint_method=sampler.adjoint_method).loss,
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
@@ -127,7 +128,8 @@ def memory_child(mode: str, steps: int, batch: int) -> None:
     sampler.control.clip = 10.0
     grid = time_grid(1.0, steps)
     x0 = sampler.reference.sample_initial(batch)
-    kl_loss(sampler.target, sampler.reference, sampler.control, x0, grid, adjoint=mode == "adjoint").loss.backward()
+    kl_loss(sampler.target, sampler.reference, sampler.control, x0, grid, adjoint=mode == "adjoint",
+            adjoint_method=sampler.adjoint_method).loss.backward()
     print(json.dumps({"peak_mib": peak_resident_mib()}))
 
 

@@ -134,6 +134,9 @@ def simulate(
     y_T = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)[-1]
     x_T = y_T[:, :dim].detach() if detach_drift else y_T[:, :dim]
     states = torch.stack([*chain.states, x_T])
+    # torchsde keeps the chain in reference cycles: drop what holds autograd graphs, so they are
+    # freed with the loss rather than by the garbage collector (CUDA-graph capture needs that).
+    chain.control, chain.states = None, []
     return Path(states=states, grid=grid, control_term=y_T[:, dim], noise_term=y_T[:, dim + 1])
 
 
