@@ -201,14 +201,19 @@ def test_cuda_graph_request_falls_back_cleanly_on_cpu():
     assert len(history) == 30 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert history[-1]["loss"] < history[0]["loss"]
     with pytest.raises(ValueError, match="graph-safe"):
-        sampler.fit(2, loss="kl", adjoint=True, cuda_graph=True, progress=False)
+        PIS(GAUSSIAN, steps=10).fit(2, loss="kl", adjoint=True, cuda_graph=True, progress=False)
 
 
-@pytest.mark.parametrize("cls", [PIS, DIS, DDS])
+def test_dis_refuses_the_adjoint():
+    with pytest.raises(ValueError, match="cannot be trained through the adjoint"):
+        DIS(GAUSSIAN, steps=10).fit(2, loss="kl", adjoint=True, progress=False)
+
+
+@pytest.mark.parametrize("cls", [PIS, DDS])
 def test_adjoint_kl_loss_matches_backpropagation(cls):
     """The continuous-time KL objective of ``fit(adjoint=True)`` estimates the same expectation as
-    the discrete one: an untrained score-informed control on the 9-mode GMM (the stiffest guidance
-    of the seed targets), 200 steps, 1000 paths each. The gap must lie within four standard errors
+    the discrete one: an untrained score-informed control on the 9-mode GMM, 200 steps, 1000
+    paths each. The gap must lie within four standard errors
     plus 0.15 for the O(h) difference between the two discretisations at h = T / 200."""
     from sde_control.losses import kl_loss
     from sde_control.references import time_grid
