@@ -30,3 +30,8 @@ def test_speed_smoke(tmp_path):
     text = run("speed.py", "--smoke", cwd=tmp_path)
     for heading in ("Training-step time", "Peak memory of the KL loss", "Time to accuracy", "GPU path: CUDA graphs"):
         assert heading in text
+
+
+def test_gpu_accuracy_smoke_runs_without_a_gpu(tmp_path):
+    text = run("gpu_accuracy.py", "2", "--smoke", cwd=tmp_path)
+    assert "| GaussianMixture | 2 |" in text and "| Funnel | 2 |" in text
