@@ -285,10 +285,12 @@ class DIS(Sampler):
 
     ``fit(adjoint=True)`` is refused: the continuous adjoint does not give usable gradients on
     DIS's strongly contracting guided drift. Reversible Heun reconstructs the path exactly but its
-    forward solution is wrong (its parasitic mode grows; the KL loss of an untrained control on the
-    GMM is 19.8 against 3.2 at 200 steps); the Euler adjoint re-solves the contracting state
-    backwards and its gradient is off by a factor (relative error 9.8 on the GMM and 46 on the
-    Funnel at 200 steps, still 25 on the Funnel at 1600). Train DIS by backpropagation.
+    forward solution is wrong (its parasitic mode grows: the KL objective of an untrained control
+    on the GMM is 19.3 against 3.1 by backpropagation at 200 steps); the Euler adjoint re-solves the
+    contracting state backwards and its gradient is off by a factor (relative error 9 on the GMM and
+    47 on the Funnel at 200 steps, still 23 on the Funnel at 1600). Measured by
+    ``benchmarks/adjoint_accuracy.py`` (table in ``benchmarks/RESULTS.md``). Train DIS by
+    backpropagation.
     """
 
     adjoint_method = None

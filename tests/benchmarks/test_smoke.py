@@ -35,3 +35,8 @@ def test_speed_smoke(tmp_path):
 def test_gpu_accuracy_smoke_runs_without_a_gpu(tmp_path):
     text = run("gpu_accuracy.py", "2", "--smoke", cwd=tmp_path)
     assert "| GaussianMixture | 2 |" in text and "| Funnel | 2 |" in text
+
+
+def test_adjoint_accuracy_smoke(tmp_path):
+    text = run("adjoint_accuracy.py", "--smoke", cwd=tmp_path)
+    assert "| DIS | Funnel | 16 |" in text and "| PIS | GaussianMixture | 8 |" in text
