@@ -78,6 +78,10 @@ def default_brownian_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor)
     return (log_w + ys[-1, :, dim] - ys[-1, :, dim + 1]).var()
 
 
+ADJOINT_NOTE = (" The adjoint rows measure cost on this configuration; `DIS.fit` itself refuses the adjoint (its "
+                "gradient is unusable on DIS's drift: see the adjoint table).")
+
+
 def step_section(batch: int, steps: int, rounds: int) -> str:
     torch.manual_seed(0)
     sampler = DIS(Funnel(), steps=steps)
@@ -114,7 +118,7 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
         markdown_table(["variant", "median s/step", "min s/step", "median / hand-written"], rows),
         "",
         "For reference, DESIGN.md quotes 1.6 s per step for the DIS paper's reference implementation "
-        "at this configuration on a 2-core CPU of this kind (not re-measured here).",
+        "at this configuration on a 2-core CPU of this kind (not re-measured here)." + ADJOINT_NOTE,
     ])
 
 
@@ -156,7 +160,7 @@ def memory_section(step_counts: list[int], batch: int) -> str:
         "",
         f"Command: `python benchmarks/speed.py --section memory`. One training step (forward and backward) of "
         f"DIS (exponential integrator) on the 10-d Funnel, batch {batch}, in a fresh process per cell; peak "
-        f"resident set size in MiB (it includes about 300 MiB of Python and torch). Machine: {machine()}.",
+        f"resident set size in MiB (it includes about 300 MiB of Python and torch). Machine: {machine()}." + ADJOINT_NOTE,
         "",
         markdown_table(["gradient"] + [f"{n} steps" for n in step_counts] + [f"growth {step_counts[0]} to {step_counts[-1]}"],
                        rows),
