@@ -50,9 +50,9 @@ def kl_loss(
         objective = checked_log_prob(target, x_T) + reference.log_ratio_continuous(x0, x_T) - energy
         return LossOutput(-objective.mean(), objective.detach())
     path = simulate(control, reference, x0, grid, stream_noise=graph_safe)
-    log_rho = target.log_prob(path.terminal) if graph_safe else checked_log_prob(target, path.terminal)
-    objective = log_rho + reference.log_ratio(path.states, path.grid) + path.control_term
-    return LossOutput(-objective.mean(), (objective - path.noise_term).detach())
+    log_w = log_weight(target, reference, path, validate=not graph_safe)
+    objective = log_w + path.noise_term  # the mean-zero term M = sum_k B_k u_k . xi_k / sqrt(v_k) left out
+    return LossOutput(-objective.mean(), log_w.detach())
 
 
 def log_variance_loss(
