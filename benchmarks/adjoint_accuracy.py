@@ -28,7 +28,7 @@ from sde_control import DIS, PIS  # noqa: E402
 from sde_control.integrate import simulate_continuous  # noqa: E402
 from sde_control.losses import kl_loss  # noqa: E402
 from sde_control.references import time_grid  # noqa: E402
-from targets import Funnel, GaussianMixture  # noqa: E402
+from sde_control.targets import Funnel, GaussianMixture  # noqa: E402
 
 
 def euler_adjoint_gradient_error(sampler, x0: torch.Tensor, grid: torch.Tensor) -> float:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from targets import DoubleWell, Funnel, GaussianMixture, Target
+from sde_control.targets import DoubleWell, Funnel, GaussianMixture, Target
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, write_section  # noqa: E402
 
 from sde_control import DIS  # noqa: E402
-from targets import Funnel, GaussianMixture  # noqa: E402
+from sde_control.targets import Funnel, GaussianMixture  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

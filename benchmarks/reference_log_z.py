@@ -50,7 +50,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
-from targets.logistic_regression import BayesianLogisticRegression  # noqa: E402
+from sde_control.targets.logistic_regression import BayesianLogisticRegression  # noqa: E402
 
 CHUNK = 4_096  # draws per batch: (4096, 569) float64 logits stay below the allocator's mmap threshold
 BATCHES = 10

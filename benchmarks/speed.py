@@ -45,7 +45,7 @@ from sde_control.integrate import _DiscreteChain, on_grid  # noqa: E402
 from sde_control.losses import kl_loss, log_variance_loss  # noqa: E402
 from sde_control.references import time_grid  # noqa: E402
 from sde_control.target import checked_log_prob  # noqa: E402
-from targets import Funnel, GaussianMixture  # noqa: E402
+from sde_control.targets import Funnel, GaussianMixture  # noqa: E402
 
 
 # --------------------------------------------------------------------------- step time

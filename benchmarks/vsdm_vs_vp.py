@@ -4,10 +4,10 @@
     OMP_NUM_THREADS=1 python benchmarks/vsdm_vs_vp.py --budget smoke  # a seconds-long check of the script
 
 Data: the spiral stretched 8 times along y and the checkerboard stretched 6 times along x
-(:mod:`generative.data`), 20,000 training points, 2000 held-out points. Models: the VP score model
+(:mod:`sde_control.generative.data`), 20,000 training points, 2000 held-out points. Models: the VP score model
 (``beta`` from 0.1 to 10, the paper's setting where VP struggles) and VSDM with a time-dependent ``A_t`` and with
 a time-invariant ``A``, started at that VP. Equal budget: the same score network (a Fourier-feature MLP), the
-same number of its gradient steps, batch and learning-rate schedule (:func:`generative.fit_equal_budget`); VSDM
+same number of its gradient steps, batch and learning-rate schedule (:func:`sde_control.generative.fit_equal_budget`); VSDM
 spends extra time on backward paths and forward updates, which the table's training time shows.
 
 Evaluation from ``N(0, I)`` at 10, 20 and 50 Euler steps (one score evaluation each): the exact squared
@@ -36,8 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, mean_std, run_cells  # noqa: E402
 
-from generative import VSDM, data, fit_equal_budget  # noqa: E402
-from generative.evaluation import evaluate  # noqa: E402
+from sde_control.generative import VSDM, data, fit_equal_budget  # noqa: E402
+from sde_control.generative.evaluation import evaluate  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = {"spiral": lambda n, seed: data.spiral(n, stretch=8.0, seed=seed),

@@ -1,2 +1,2 @@
-"""Hydra configuration files of the command-line applications (shipped as package data and
-found through the ``pkg://configs`` search path, so a non-editable install works)."""
+"""Hydra configuration files of the command-line applications, installed as ``sde_control.configs`` (package data,
+found through the ``pkg://sde_control.configs`` search path, so a non-editable install works)."""

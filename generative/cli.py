@@ -100,6 +100,6 @@ def format_table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) ->
     return "\n".join(lines)
 
 
-@hydra.main(version_base=None, config_path="pkg://configs", config_name="generative")
+@hydra.main(version_base=None, config_path="pkg://sde_control.configs", config_name="generative")
 def main(cfg: DictConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))

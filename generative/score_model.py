@@ -1,7 +1,7 @@
 """A score-based diffusion model on a fixed linear forward SDE: fit by denoising score matching, sample by the
 probability-flow ODE or the reverse SDE.
 
->>> from generative import data, ScoreModel
+>>> from sde_control.generative import data, ScoreModel
 >>> x = data.spiral(20_000)
 >>> model = ScoreModel(dim=2)                     # VP, beta from 0.1 to 10 over T = 1 (the DIS reference's)
 >>> model.fit(x, iterations=10_000)
@@ -29,7 +29,7 @@ from .score_matching import dsm_loss, gaussian_marginal, noise_to_score
 
 
 class ScoreModel:
-    """Denoising score matching on the exact transitions of ``sde`` (:mod:`generative.score_matching`).
+    """Denoising score matching on the exact transitions of ``sde`` (:mod:`sde_control.generative.score_matching`).
 
     Args:
         dim: data dimension ``d``.

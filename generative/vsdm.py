@@ -1,11 +1,11 @@
 r"""Variational Schroedinger diffusion models (Deng et al., ICML 2024), Algorithm 1.
 
-The forward process is VP plus a learned linear drift (:mod:`generative.forward`): ``F(t) = beta(t)(A_t - I/2)``,
+The forward process is VP plus a learned linear drift (:mod:`sde_control.generative.forward`): ``F(t) = beta(t)(A_t - I/2)``,
 ``G G^T = beta(t) I``, with closed-form (or moment-ODE) transitions, so the backward score stays
 simulation-free. Training alternates, for ``stages`` stages:
 
 (a) **backward score** on the current forward process: ``score_iterations`` steps of denoising score matching
-    (:mod:`generative.score_matching`) of the noise-prediction network;
+    (:mod:`sde_control.generative.score_matching`) of the noise-prediction network;
 
 (b) **forward matrices** by stochastic approximation against the frozen backward score: draw paths of the reverse
     SDE of the current forward process from the *fixed* prior ``N(0, I)`` (states ``x`` at noising times ``t``),
@@ -57,7 +57,7 @@ class VSDM(ScoreModel):
 
     Args:
         dim: data dimension (the forward matrix is ``dim x dim``).
-        time_dependent, knots: the parameterisation of ``A_t`` (:mod:`generative.forward`).
+        time_dependent, knots: the parameterisation of ``A_t`` (:mod:`sde_control.generative.forward`).
         beta_min, beta_max, T: the VP schedule the forward process starts from (the paper: 0.1, 10, 1).
         zeta: weight of the divergence term of the forward objective (module docstring).
         network, width, depth, t_min, ema_decay: of the score model (:class:`ScoreModel`).

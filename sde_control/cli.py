@@ -83,6 +83,6 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-@hydra.main(version_base=None, config_path="pkg://configs", config_name="sampling")
+@hydra.main(version_base=None, config_path="pkg://sde_control.configs", config_name="sampling")
 def main(cfg: DictConfig) -> None:
     run(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -28,14 +28,20 @@ def effective_sample_size(log_weights: Tensor) -> float:
 
 @dataclass(frozen=True)
 class LogZEstimate:
-    """``log Z`` estimates from one batch of paths; errors are ``|estimate - log_z_exact|``."""
+    """``log Z`` estimates from one batch of ``n`` paths (or particles); errors are ``|estimate - log_z_exact|``.
+
+    ``elbo`` is ``None`` for estimators that have none (SMC); ``evaluations`` counts the points at which the
+    target's log density or score was computed to produce the estimate (for a trained sampler: training and
+    estimation), where the estimator tracks it.
+    """
 
     log_z: float
-    elbo: float
+    elbo: float | None
     ess: float
     n: int
     eubo: float | None = None
     log_z_exact: float | None = None
+    evaluations: int | None = None
 
     @classmethod
     def from_log_weights(
@@ -57,7 +63,7 @@ class LogZEstimate:
 
     @property
     def elbo_error(self) -> float | None:
-        return None if self.log_z_exact is None else abs(self.elbo - self.log_z_exact)
+        return None if self.log_z_exact is None or self.elbo is None else abs(self.elbo - self.log_z_exact)
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {**asdict(self), "error": self.error, "elbo_error": self.elbo_error}

@@ -1,6 +1,6 @@
 """PIS, DIS and DDS: thin configurations of a reference, a control network and a loss.
 
->>> from targets import Funnel
+>>> from sde_control.targets import Funnel
 >>> sampler = DIS(Funnel(dim=10))
 >>> history = sampler.fit(iterations=5000, batch_size=512, loss="lv")
 >>> x = sampler.sample(10_000)

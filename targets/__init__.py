@@ -1,12 +1,12 @@
 """Target densities for the samplers: the protocol and the benchmark targets."""
 
 from sde_control.target import Target, TargetError
-from targets.double_well import DoubleWell
-from targets.funnel import Funnel
-from targets.gaussian import Gaussian
-from targets.gmm import GaussianMixture
-from targets.logistic_regression import BayesianLogisticRegression
-from targets.many_well import ManyWell
+from sde_control.targets.double_well import DoubleWell
+from sde_control.targets.funnel import Funnel
+from sde_control.targets.gaussian import Gaussian
+from sde_control.targets.gmm import GaussianMixture
+from sde_control.targets.logistic_regression import BayesianLogisticRegression
+from sde_control.targets.many_well import ManyWell
 
 __all__ = [
     "BayesianLogisticRegression",

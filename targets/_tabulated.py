@@ -1,7 +1,7 @@
 """A 1-d unnormalised density on a grid: its log normaliser by quadrature and an inverse-CDF sampler.
 
-Shared by the targets whose coordinates are independent 1-d wells (:class:`~targets.DoubleWell`,
-:class:`~targets.ManyWell`). The caller chooses an interval ``[lower, upper]`` outside which the density is
+Shared by the targets whose coordinates are independent 1-d wells (:class:`~sde_control.targets.DoubleWell`,
+:class:`~sde_control.targets.ManyWell`). The caller chooses an interval ``[lower, upper]`` outside which the density is
 negligible (its mass there far below the quadrature tolerance) and registers ``grid`` and ``cdf`` as buffers,
 so that ``target.to(device)`` moves them.
 """

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sde_control.target import Target
-from targets._tabulated import GRID_POINTS, sample_tabulated, tabulate_1d
+from sde_control.targets._tabulated import GRID_POINTS, sample_tabulated, tabulate_1d
 
 # Half-width of the 1-d grid is sqrt(delta + sqrt(_TAIL_EXPONENT)): there (x^2 - delta)^2 = _TAIL_EXPONENT, so the
 # density is e^-60 ~ 1e-26 of its peak and the mass outside the grid is far below 1e-12.
@@ -26,7 +26,7 @@ class DoubleWell(Target):
 
     with ``z_1`` by 1-d quadrature (``scipy.integrate.quad``). ``sample`` is exact up to the resolution of a
     20,001-point grid: each well coordinate by inverse-CDF sampling of the 1-d density (linear interpolation of its
-    trapezoidal CDF; both from :func:`targets._tabulated.tabulate_1d`), the rest standard normal. ``delta > 0``
+    trapezoidal CDF; both from :func:`sde_control.targets._tabulated.tabulate_1d`), the rest standard normal. ``delta > 0``
     (for ``delta <= 0`` there is a single well).
     """
 

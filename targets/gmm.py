@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from sde_control.target import Target
-from targets.gaussian import as_float, covariance_matrix
+from sde_control.targets.gaussian import as_float, covariance_matrix
 
 
 GMM40_MODES = 40

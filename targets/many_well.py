@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sde_control.target import Target
-from targets._tabulated import sample_tabulated, tabulate_1d
+from sde_control.targets._tabulated import sample_tabulated, tabulate_1d
 
 # The 1-d well f(x) = exp(-x^4 + 6 x^2 + 0.5 x) peaks at log f = 9.871 (x = 1.7525; the other well at x = -1.7108).
 # At |x| = 3.4, log f <= -62.5, 72 below the peak, and further out it falls like -x^4: the mass outside the grid
@@ -34,7 +34,7 @@ class ManyWell(Target):
     ``z_x`` by 1-d quadrature (``scipy.integrate.quad``), so ``log Z = 164.696`` for ``dim = 32``.
     Closed-form score: ``-4 x^3 + 12 x + 0.5`` on the ``x`` coordinates, ``-y`` on the ``y`` coordinates.
     ``sample`` is exact up to the resolution of a 20,001-point grid on ``[-3.4, 3.4]``: each ``x`` by inverse-CDF
-    sampling of the 1-d density (as :class:`~targets.DoubleWell`), each ``y`` standard normal.
+    sampling of the 1-d density (as :class:`~sde_control.targets.DoubleWell`), each ``y`` standard normal.
     """
 
     well_modes: tuple[float, float] = _WELL_MODES

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from generative import TimeDependentVSDMForward, VSDMForward
+from sde_control.generative import TimeDependentVSDMForward, VSDMForward
 from sde_control.sdes import VP, SubVP
 
 f64 = dict(dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""``python -m generative``: a tiny run as a user would start it, and clear errors for bad input."""
+"""``sde-generative`` (``python -m sde_control.generative``): a tiny run as a user would start it, and clear errors for bad input."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from generative.cli import run
+from sde_control.generative.cli import run
 
 TINY = ["train.stages=2", "train.score_iterations=3", "train.forward.iterations=2", "train.forward.paths=20",
         "train.forward.path_steps=5", "model.width=16", "model.depth=2", "held_out=100", "evaluate.steps=[4]",
@@ -17,7 +17,7 @@ TINY = ["train.stages=2", "train.score_iterations=3", "train.forward.iterations=
 
 
 def test_tiny_run_writes_table_samples_and_plots(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "generative", *TINY, "data.n=600", f"hydra.run.dir={tmp_path / 'run'}"],
+    result = subprocess.run([sys.executable, "-m", "sde_control.generative", *TINY, "data.n=600", f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "run"
@@ -31,7 +31,7 @@ def test_tiny_run_writes_table_samples_and_plots(tmp_path):
 
 
 def compose_config(*overrides):
-    with initialize_config_module(config_module="configs", version_base=None):
+    with initialize_config_module(config_module="sde_control.configs", version_base=None):
         return compose(config_name="generative", overrides=[*TINY, *overrides])
 
 

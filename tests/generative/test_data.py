@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from generative import data
+from sde_control.generative import data
 
 GENERATORS = [data.spiral, data.checkerboard, data.moons, data.anisotropic_gaussian, data.gaussian_mixture]
 

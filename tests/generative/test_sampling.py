@@ -4,9 +4,9 @@ under every forward process, learned ones included."""
 import pytest
 import torch
 
-from generative import data
-from generative.sampling import evaluations, reverse_paths
-from generative.score_matching import gaussian_marginal, gaussian_score
+from sde_control.generative import data
+from sde_control.generative.sampling import evaluations, reverse_paths
+from sde_control.generative.score_matching import gaussian_marginal, gaussian_score
 from sde_control.sdes import VP
 
 f64 = dict(dtype=torch.float64)

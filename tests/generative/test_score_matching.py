@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from generative import ScoreModel, data
-from generative.score_matching import dsm_loss, gaussian_dsm_minimum, gaussian_marginal, gaussian_score, noise_to_score
+from sde_control.generative import ScoreModel, data
+from sde_control.generative.score_matching import dsm_loss, gaussian_dsm_minimum, gaussian_marginal, gaussian_score, noise_to_score
 from sde_control.sdes import VP, blockwise
 
 f64 = dict(dtype=torch.float64)

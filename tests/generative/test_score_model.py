@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from generative import ScoreModel, VSDMForward, data
+from sde_control.generative import ScoreModel, VSDMForward, data
 from sde_control.sdes import VP
 
 f64 = dict(dtype=torch.float64)

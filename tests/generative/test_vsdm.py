@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from generative import VSDM, ScoreModel, VSDMForward, data, fit_equal_budget
-from generative.sampling import reverse_paths
-from generative.score_matching import gaussian_marginal, gaussian_score
-from generative.vsdm import variational_objective
+from sde_control.generative import VSDM, ScoreModel, VSDMForward, data, fit_equal_budget
+from sde_control.generative.sampling import reverse_paths
+from sde_control.generative.score_matching import gaussian_marginal, gaussian_score
+from sde_control.generative.vsdm import variational_objective
 from sde_control.metrics import wasserstein2_squared
 
 f64 = dict(dtype=torch.float64)

@@ -11,7 +11,7 @@ from sde_control.losses import kl_loss, log_variance_loss
 from sde_control.references import ForwardReference, TimeReversalReference, time_grid
 from sde_control.sdes import VP, ScaledBrownian
 from sde_control.weights import log_weight
-from targets import Gaussian
+from sde_control.targets import Gaussian
 
 TARGET = Gaussian(torch.tensor([1.0, -0.5]), 0.3, log_Z=0.7)
 

@@ -12,7 +12,7 @@ from sde_control.metrics import (
     sinkhorn_divergence,
     wasserstein2_squared,
 )
-from targets import GaussianMixture
+from sde_control.targets import GaussianMixture
 
 # eps = 1 on clouds of 100 standard normal points: POT's log-domain iterations converge to tol 1e-9 in about
 # 100 iterations (0.2 s). At the benchmark setting (eps = 1e-3, 2000 points) they do not converge; see metrics.py.

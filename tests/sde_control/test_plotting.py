@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sde_control.plotting import plot_samples
-from targets import Funnel, GaussianMixture
+from sde_control.targets import Funnel, GaussianMixture
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

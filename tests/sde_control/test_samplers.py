@@ -6,7 +6,7 @@ from torch import nn
 
 from sde_control import DDS, DIS, PIS, TargetError, TrainingDivergedError
 from sde_control import losses as losses_module
-from targets import Gaussian, Target
+from sde_control.targets import Gaussian, Target
 
 GAUSSIAN = Gaussian(torch.tensor([1.0, -0.5]), 0.3, log_Z=0.7)
 
@@ -154,7 +154,7 @@ def test_short_training_on_the_gmm_finds_every_mode():
     sqrt(1/9 * 8/9 / 1000) = 0.01, plus room for the heavy tail of the weights; measured over
     four seeds: at most 0.033 off).
     """
-    from targets import GaussianMixture
+    from sde_control.targets import GaussianMixture
 
     target = GaussianMixture()
     sampler = DIS(target, steps=50, integrator="exponential")
@@ -182,7 +182,7 @@ def test_short_training_on_the_funnel_improves_the_bounds():
     The untrained importance-sampling error is 1.1 to 1.3 and 0.6 to 0.7 after training; we
     require it below 1.0.
     """
-    from targets import Funnel
+    from sde_control.targets import Funnel
 
     sampler = DIS(Funnel(), steps=50, integrator="exponential")
     before = sampler.estimate_log_z(4000, eubo=False)
@@ -217,7 +217,7 @@ def test_adjoint_kl_loss_matches_backpropagation(cls):
     plus 0.15 for the O(h) difference between the two discretisations at h = T / 200."""
     from sde_control.losses import kl_loss
     from sde_control.references import time_grid
-    from targets import GaussianMixture
+    from sde_control.targets import GaussianMixture
 
     torch.manual_seed(0)
     sampler = cls(GaussianMixture(), steps=200)

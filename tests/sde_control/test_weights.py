@@ -19,7 +19,7 @@ from sde_control.integrate import simulate
 from sde_control.references import ForwardReference, TimeReversalReference, time_grid
 from sde_control.sdes import VP, ScaledBrownian
 from sde_control.weights import log_weight, path_from_states, reference_paths_from
-from targets import Gaussian
+from sde_control.targets import Gaussian
 
 MEAN, S2, LOG_Z = torch.tensor([1.0, -0.5]), 0.3, 0.7
 TARGET = Gaussian(MEAN, S2, log_Z=LOG_Z)

@@ -7,7 +7,7 @@ from scipy.integrate import quad
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
 from sde_control.target import validate_target
-from targets import DoubleWell, Target
+from sde_control.targets import DoubleWell, Target
 
 PRESETS = {"d5": DoubleWell.dis_d5, "d50": DoubleWell.dis_d50}
 

@@ -6,7 +6,7 @@ from scipy import stats
 from torch.distributions import Normal
 
 from sde_control.target import validate_target
-from targets import Funnel, Target
+from sde_control.targets import Funnel, Target
 
 
 def test_log_prob_is_the_funnel_formula():

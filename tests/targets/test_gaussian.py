@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sde_control.target import Target, validate_target
-from targets import Gaussian
+from sde_control.targets import Gaussian
 
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
 FULL_COV = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)

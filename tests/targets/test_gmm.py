@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sde_control.target import validate_target
-from targets import GaussianMixture, Target
+from sde_control.targets import GaussianMixture, Target
 
 
 def float64_gmm() -> GaussianMixture:

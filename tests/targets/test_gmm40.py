@@ -9,7 +9,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from sde_control.metrics import entropic_mode_coverage, nearest_mode
 from sde_control.target import validate_target
-from targets import GaussianMixture, Target
+from sde_control.targets import GaussianMixture, Target
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "target"
 K = 40

@@ -11,7 +11,7 @@ from scipy.special import log_expit
 from scipy.stats import multivariate_normal
 
 from sde_control.target import validate_target
-from targets import BayesianLogisticRegression, Target
+from sde_control.targets import BayesianLogisticRegression, Target
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from scipy.integrate import quad
 
 from sde_control.target import validate_target
-from targets import ManyWell, Target
+from sde_control.targets import ManyWell, Target
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "target"
 
