@@ -24,10 +24,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sde_control.plotting import plot_trajectories
-
 from .data import validate
 from .evaluation import evaluate
+from .plotting import plot_trajectories
 from .sampling import evaluations
 from .score_model import ScoreModel
 from .vsdm import VSDM, fit_equal_budget

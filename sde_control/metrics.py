@@ -8,9 +8,8 @@ within ``epsilon log n`` (see :func:`wasserstein2_squared`), and :func:`sinkhorn
 :class:`SinkhornNotConverged` rather than return an unconverged number.
 
 Modes: :func:`mode_fractions` and :func:`entropic_mode_coverage` (EMC) from the nearest-mode histogram.
-
-Generative side: :func:`histogram_distance` (total variation between histograms on a shared grid) and
-:func:`straightness` of sampling trajectories (CONVENTIONS 7: measure it on probability-flow ODE paths).
+The generative side's own measures (histograms, trajectory straightness) live in
+:mod:`sde_control.generative.evaluation`.
 """
 
 from __future__ import annotations
@@ -25,12 +24,11 @@ from torch import Tensor
 __all__ = [
     "SinkhornNotConverged",
     "entropic_mode_coverage",
-    "histogram_distance",
     "marginal_std_error",
     "mode_fractions",
     "nearest_mode",
+    "point_clouds",
     "sinkhorn_divergence",
-    "straightness",
     "wasserstein2_squared",
 ]
 
@@ -51,7 +49,7 @@ class SinkhornNotConverged(RuntimeError):
         )
 
 
-def _point_clouds(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def point_clouds(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float64 numpy copies of two (n, d) and (m, d) point clouds; ``ValueError`` on bad shapes or non-finite input."""
     clouds = []
     for name, cloud in (("x", x), ("y", y)):
@@ -81,7 +79,7 @@ def sinkhorn_divergence(
     carries the unconverged value). With ``eps = 1e-3`` this happens for 2000 against 2000 benchmark samples; see
     :func:`wasserstein2_squared`.
     """
-    xs, ys = _point_clouds(x, y)
+    xs, ys = point_clouds(x, y)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
     with np.errstate(over="ignore"):  # exp of unconverged log-plans may overflow; non-convergence is raised below
@@ -108,7 +106,7 @@ def wasserstein2_squared(x: Tensor | np.ndarray, y: Tensor | np.ndarray, max_ite
 
     Raises ``RuntimeError`` if the simplex stops at ``max_iter`` before optimality.
     """
-    xs, ys = _point_clouds(x, y)
+    xs, ys = point_clouds(x, y)
     a, b = np.full(len(xs), 1.0 / len(xs)), np.full(len(ys), 1.0 / len(ys))
     value, log = ot.emd2(a, b, ot.dist(xs, ys, metric="sqeuclidean"), numItermax=max_iter, log=True)
     if log["warning"] is not None:
@@ -151,41 +149,3 @@ def entropic_mode_coverage(samples: Tensor, means: Tensor) -> float:
         raise ValueError(f"entropic mode coverage needs at least 2 modes, got {means.shape[0]}")
     p = mode_fractions(samples, means).double()
     return (-torch.xlogy(p, p).sum() / math.log(means.shape[0])).item()
-
-
-def histogram_distance(x: Tensor | np.ndarray, y: Tensor | np.ndarray, bins: int = 50, margin: float = 0.1) -> float:
-    r"""Total variation ``1/2 sum_i |p_i - q_i|`` between the histograms of ``x`` (samples) and ``y`` (reference).
-
-    The grid has ``bins`` equal cells per coordinate over the bounding box of ``y`` widened by ``margin`` times
-    its side on each end; one extra cell holds everything outside it, so mass that a model puts far from the data
-    counts in full. In ``[0, 1]``: 0 for identical histograms, 1 for disjoint ones. For low dimensions only
-    (``bins ** d`` cells).
-    """
-    xs, ys = _point_clouds(x, y)
-    if bins < 1 or margin < 0:
-        raise ValueError(f"need bins >= 1 and margin >= 0, got {bins}, {margin}")
-    low, high = ys.min(0), ys.max(0)
-    pad = margin * np.maximum(high - low, 1e-12)
-    edges = [np.linspace(lo, hi, bins + 1) for lo, hi in zip(low - pad, high + pad)]
-
-    def masses(points: np.ndarray) -> np.ndarray:
-        counts, _ = np.histogramdd(points, bins=edges)
-        inside = counts.ravel() / len(points)
-        return np.append(inside, 1.0 - inside.sum())
-
-    return float(0.5 * np.abs(masses(xs) - masses(ys)).sum())
-
-
-def straightness(paths: Tensor) -> float:
-    r"""Mean over trajectories of ``|x_N - x_0| / sum_k |x_{k+1} - x_k|`` for ``paths`` of shape (N+1, batch, d).
-
-    1 for straight lines travelled in one direction, smaller the more a trajectory bends (a ratio of lengths, so
-    it does not depend on the data's scale). Reverse-SDE paths grow in length without bound as the step shrinks;
-    measure probability-flow ODE paths.
-    """
-    if paths.ndim != 3 or paths.shape[0] < 2:
-        raise ValueError(f"paths must have shape (N+1, batch, d) with N >= 1, got {tuple(paths.shape)}")
-    paths = paths.detach().double()
-    length = (paths[1:] - paths[:-1]).norm(dim=-1).sum(0)
-    chord = (paths[-1] - paths[0]).norm(dim=-1)
-    return (chord / length.clamp_min(1e-300)).mean().item()

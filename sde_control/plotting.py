@@ -1,9 +1,8 @@
-"""Plots of sampler output against the target, and of generative trajectories against the data."""
+"""Plots of sampler output against the target."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from matplotlib.axes import Axes
@@ -58,46 +57,3 @@ def _density_contours(ax: Axes, target: Target, points: Tensor) -> None:
     with torch.no_grad():
         density = target.log_prob(grid.to(buffer)).exp().cpu().reshape(xx.shape)
     ax.contour(xx.numpy(), yy.numpy(), density.numpy(), levels=12, cmap="viridis", linewidths=0.8)
-
-
-def plot_trajectories(
-    paths: Mapping[str, Tensor], path: str | Path, reference: Tensor | None = None, n_paths: int = 64,
-    title: str | None = None,
-) -> Path:
-    """Write a PNG with one panel per entry of ``paths`` (name -> (N+1, n, 2) trajectories) to ``path``.
-
-    Each panel shows ``reference`` points (e.g. held-out data) in gray, the trajectories' end points in red and
-    the first ``n_paths`` trajectories as lines from their start (``o``) to their end; all panels share their
-    axes, which span the reference and the end points. Bare :class:`~matplotlib.figure.Figure`, as
-    :func:`plot_samples`.
-    """
-    path = Path(path)
-    trajectories = {name: p.detach().cpu() for name, p in paths.items()}
-    for name, p in trajectories.items():
-        if p.ndim != 3 or p.shape[-1] != 2:
-            raise ValueError(f"paths[{name!r}] must have shape (N+1, n, 2), got {tuple(p.shape)}")
-    ends = [p[-1] for p in trajectories.values()] + ([] if reference is None else [reference.detach().cpu()])
-    points = torch.cat(ends)
-    points = points[torch.isfinite(points).all(dim=1)]
-    low, high = points.min(0).values, points.max(0).values
-    margin = 0.05 * (high - low).clamp_min(1e-3)
-    fig = Figure(figsize=(5 * len(trajectories), 5), dpi=100)
-    for i, (name, p) in enumerate(trajectories.items()):
-        ax = fig.add_subplot(1, len(trajectories), i + 1)
-        if reference is not None:
-            ax.scatter(reference[:, 0].cpu(), reference[:, 1].cpu(), s=2, alpha=0.3, color="tab:gray", label="data")
-        ax.scatter(p[-1, :, 0], p[-1, :, 1], s=2, alpha=0.5, color="tab:red", label="samples")
-        shown = p[:, :n_paths]
-        ax.plot(shown[:, :, 0].numpy(), shown[:, :, 1].numpy(), color="tab:blue", linewidth=0.6, alpha=0.6)
-        ax.scatter(shown[0, :, 0], shown[0, :, 1], s=6, marker="o", color="tab:blue")
-        ax.set_xlim(float(low[0] - margin[0]), float(high[0] + margin[0]))
-        ax.set_ylim(float(low[1] - margin[1]), float(high[1] + margin[1]))
-        ax.set_title(name)
-        ax.set_xlabel("$x_1$")
-        ax.set_ylabel("$x_2$")
-        ax.legend(loc="upper right", markerscale=4)
-    if title:
-        fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
-    return path

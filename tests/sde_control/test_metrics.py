@@ -121,30 +121,3 @@ def test_weighted_mode_fractions():
     torch.testing.assert_close(mode_fractions(samples, means), torch.tensor([0.75, 0.25]))
     weights = torch.tensor([1.0, 1.0, 1.0, 3.0], dtype=torch.float64)
     torch.testing.assert_close(mode_fractions(samples, means, weights=weights), torch.tensor([0.5, 0.5], dtype=torch.float64))
-
-
-def test_histogram_distance_is_a_total_variation():
-    from sde_control.metrics import histogram_distance
-
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(20_000, 2, generator=g), torch.randn(20_000, 2, generator=g)
-    assert histogram_distance(x, x) == 0.0
-    assert histogram_distance(x, y, bins=10) < 0.03  # two samples of one law: only sampling noise
-    assert histogram_distance(x + 100.0, y) == pytest.approx(1.0)  # disjoint: every model point falls in the outside cell
-    half = torch.cat([x[:10_000], x[:10_000] + 100.0])
-    assert histogram_distance(half, x) == pytest.approx(0.5, abs=0.01)
-    with pytest.raises(ValueError, match="bins"):
-        histogram_distance(x, y, bins=0)
-
-
-def test_straightness_of_lines_and_bends():
-    from sde_control.metrics import straightness
-
-    s = torch.linspace(0, 1, 11)[:, None, None]
-    line = s * torch.tensor([[3.0, 4.0]])  # (11, 1, 2)
-    assert straightness(line) == pytest.approx(1.0)
-    corner = torch.cat([s * torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]) + s[1:] * torch.tensor([[0.0, 1.0]])])
-    assert straightness(corner) == pytest.approx(math.sqrt(2) / 2)
-    assert straightness(torch.cat([line, corner[:11]], dim=1)) == pytest.approx((1 + 1) / 2)
-    with pytest.raises(ValueError, match="paths must have shape"):
-        straightness(torch.zeros(1, 3, 2))

@@ -22,14 +22,3 @@ def test_plot_10d_target_with_and_without_exact_samples(tmp_path):
     for name, exact in (("given.png", target.sample(500)), ("drawn.png", None)):
         path = plot_samples(target, samples, str(tmp_path / "sub" / name), exact=exact)
         assert path.read_bytes().startswith(PNG_SIGNATURE) and path.stat().st_size > 1000
-
-
-def test_plot_trajectories(tmp_path):
-    from sde_control.plotting import plot_trajectories
-
-    torch.manual_seed(0)
-    paths = {"A": torch.randn(6, 100, 2).cumsum(0), "B": torch.randn(6, 100, 2)}
-    path = plot_trajectories(paths, tmp_path / "paths.png", reference=torch.randn(300, 2), n_paths=10, title="t")
-    assert path.read_bytes().startswith(PNG_SIGNATURE) and path.stat().st_size > 1000
-    with pytest.raises(ValueError, match="must have shape"):
-        plot_trajectories({"C": torch.randn(6, 100, 3)}, tmp_path / "bad.png")
