@@ -22,13 +22,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, write_section  # noqa: E402
+from common import machine, markdown_table, target as named_target, write_section  # noqa: E402
 
 from sde_control import DIS, PIS  # noqa: E402
 from sde_control.integrate import simulate_continuous  # noqa: E402
 from sde_control.losses import kl_loss  # noqa: E402
 from sde_control.references import time_grid  # noqa: E402
-from sde_control.targets import Funnel, GaussianMixture  # noqa: E402
 
 
 def euler_adjoint_gradient_error(sampler, x0: torch.Tensor, grid: torch.Tensor) -> float:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     step_counts, batch = ([8, 16], 32) if args.smoke else ([200, 800, 1600], 1000)
     rows = []
     for sampler_cls in (DIS, PIS):
-        for target in (GaussianMixture(), Funnel()):
+        for target in (named_target("gmm"), named_target("funnel")):
             torch.manual_seed(0)
             sampler = sampler_cls(target, steps=step_counts[0])
             sampler.control.clip = 10.0

@@ -1,8 +1,10 @@
-"""Shared pieces of the benchmark scripts: named targets, resumable result files, parallel cells,
-and the marked sections of RESULTS.md that each script rewrites."""
+"""Shared pieces of the benchmark scripts: targets by the name of their config file (the command line's
+``configs/target/<name>.yaml``), resumable result files, parallel cells, and the marked sections of RESULTS.md that
+each script rewrites."""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import multiprocessing
 import os
@@ -13,19 +15,24 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from sde_control.targets import DoubleWell, Funnel, GaussianMixture, Target
+from sde_control.targets import Target
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
-TARGETS: dict[str, Callable[[], Target]] = {
-    "gmm": GaussianMixture,
-    "funnel": Funnel,
-    "dw5": lambda: DoubleWell(dim=5, num_wells=5, delta=4.0),
-    "mw50": lambda: DoubleWell(dim=50, num_wells=5, delta=2.0),
-}
-TARGET_NAMES = {"gmm": "GMM (d=2, 9 modes)", "funnel": "Funnel (d=10)", "dw5": "Double well (d=5, 32 modes)",
-                "mw50": "Many-well (d=50, 5 wells)"}
+TARGET_NAMES = {"gmm": "GMM (d=2, 9 modes)", "funnel": "Funnel (d=10)", "double_well": "Double well (d=5, 32 modes)",
+                "double_well_50": "Many-well (d=50, 5 wells)"}
+"""Display names of the targets the benchmark tables use, keyed by their config files."""
+
+
+def target(name: str, **overrides: Any) -> Target:
+    """The target of ``configs/target/<name>.yaml``, as ``sde-control target=<name>`` builds it."""
+    path = importlib.resources.files("sde_control.configs") / "target" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no target config {name!r}; the configs are in sde_control/configs/target/")
+    return instantiate(OmegaConf.merge(OmegaConf.load(path), overrides), _convert_="all")
 
 
 def machine() -> str:

@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, write_section  # noqa: E402
+from common import machine, markdown_table, target as named_target, write_section  # noqa: E402
 
 from sde_control import DIS  # noqa: E402
-from sde_control.targets import Funnel, GaussianMixture  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("gpu_accuracy.py needs a CUDA device (or --smoke)")
     batch, steps, eval_samples = (16, 8, 64) if args.smoke else (2048, 200, 10_000)
     rows = []
-    for target in (GaussianMixture(), Funnel()):
+    for target in (named_target("gmm"), named_target("funnel")):
         torch.manual_seed(0)
         sampler = DIS(target, steps=steps).to("cuda" if cuda else "cpu")
         started = time.perf_counter()

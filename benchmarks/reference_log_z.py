@@ -48,7 +48,8 @@ import torch
 from scipy.stats import genpareto
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import target as named_target  # noqa: E402
 
 from sde_control.targets.logistic_regression import BayesianLogisticRegression  # noqa: E402
 
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, float64, {torch.get_num_threads()} thread")
 
     start = time.perf_counter()
-    target = BayesianLogisticRegression("breast_cancer")
+    target = named_target("logistic_breast_cancer")
     mode, covariance = target.laplace()
     laplace_tril = torch.linalg.cholesky(covariance)
     score_at_mode = target.score(mode[None]).abs().max().item()

@@ -38,22 +38,22 @@ import torch
 import torchsde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, write_section  # noqa: E402
+from common import machine, markdown_table, target, write_section  # noqa: E402
 
 from sde_control import DIS  # noqa: E402
-from sde_control.integrate import _DiscreteChain, on_grid  # noqa: E402
+from sde_control.controls import on_grid  # noqa: E402
+from sde_control.integrate import DiscreteChain  # noqa: E402
 from sde_control.losses import kl_loss, log_variance_loss  # noqa: E402
 from sde_control.references import time_grid  # noqa: E402
 from sde_control.target import checked_log_prob  # noqa: E402
-from sde_control.targets import Funnel, GaussianMixture  # noqa: E402
 
 
 # --------------------------------------------------------------------------- step time
 def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """The log-variance loss of the library, written as a plain Euler-Maruyama loop."""
     ref, dim = sampler.reference, x0.shape[1]
-    steps = ref.forward_steps(grid)
-    A, B, V = steps.scale.tolist(), steps.control.tolist(), steps.var.tolist()
+    kernels = ref.forward_kernels(grid)
+    A, B, V = kernels.scale.tolist(), kernels.control.tolist(), kernels.var.tolist()
     control = on_grid(sampler.control, grid.float())
     x, cost, states = x0, torch.zeros(x0.shape[0]), [x0]
     for k in range(len(A)):
@@ -69,7 +69,7 @@ def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> 
 def default_brownian_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """The library's chain through ``torchsde.sdeint`` with its default ``BrownianInterval``."""
     dim = x0.shape[1]
-    chain = _DiscreteChain(on_grid(sampler.control, grid.float()), sampler.reference.forward_steps(grid), dim, True)
+    chain = DiscreteChain(on_grid(sampler.control, grid.float()), sampler.reference.forward_kernels(grid), dim, True)
     y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 2)], dim=1)
     ts = torch.arange(grid.numel(), dtype=x0.dtype)
     bm = torchsde.BrownianInterval(t0=0.0, t1=float(ts[-1]), size=x0.shape, dtype=x0.dtype)
@@ -84,7 +84,7 @@ ADJOINT_NOTE = (" The adjoint rows measure cost on this configuration; `DIS.fit`
 
 def step_section(batch: int, steps: int, rounds: int) -> str:
     torch.manual_seed(0)
-    sampler = DIS(Funnel(), steps=steps)
+    sampler = DIS(target("funnel"), steps=steps)
     sampler.control.clip = 10.0  # as at the start of training (the clip schedule of the DIS paper)
     grid = time_grid(1.0, steps)
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -117,8 +117,7 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
         "",
         markdown_table(["variant", "median s/step", "min s/step", "median / hand-written"], rows),
         "",
-        "For reference, DESIGN.md quotes 1.6 s per step for the DIS paper's reference implementation "
-        "at this configuration on a 2-core CPU of this kind (not re-measured here)." + ADJOINT_NOTE,
+        ADJOINT_NOTE.strip(),
     ])
 
 
@@ -127,7 +126,7 @@ def memory_child(mode: str, steps: int, batch: int) -> None:
     """One KL training step; prints the peak resident memory in MiB."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sampler = DIS(Funnel(), steps=steps, integrator="exponential")
+    sampler = DIS(target("funnel"), steps=steps, integrator="exponential")
     sampler.control.clip = 10.0
     grid = time_grid(1.0, steps)
     x0 = sampler.reference.sample_initial(batch)
@@ -178,15 +177,15 @@ def accuracy_section(iterations: int, every: int, shown: list[int], batch: int, 
         f"time with the evaluations excluded. Machine: {machine()}.",
         "",
     ]
-    for name, target in (("GMM (d=2)", GaussianMixture()), ("Funnel (d=10)", Funnel())):
+    for name, problem in (("GMM (d=2)", target("gmm")), ("Funnel (d=10)", target("funnel"))):
         torch.manual_seed(0)
-        sampler = DIS(target, steps=steps)
+        sampler = DIS(problem, steps=steps)
         history = sampler.fit(iterations, batch_size=batch, loss="lv", progress=False, evaluate_every=every,
                               eval_samples=eval_samples)
         evaluated = [r for r in history if "eval_log_z" in r]
-        first = next((r for r in evaluated if abs(r["eval_log_z"] - target.log_Z) < 0.1), None)
+        first = next((r for r in evaluated if abs(r["eval_log_z"] - problem.log_Z) < 0.1), None)
         reached = "not reached" if first is None else f"{first['time']:.0f} s (iteration {first['iteration']})"
-        rows = [[str(r["iteration"]), f"{r['time']:.0f}", f"{abs(r['eval_log_z'] - target.log_Z):.3f}",
+        rows = [[str(r["iteration"]), f"{r['time']:.0f}", f"{abs(r['eval_log_z'] - problem.log_Z):.3f}",
                  f"{r['eval_ess']:.3f}", f"{r['eval_log_z']:+.3f}"] for r in evaluated if r["iteration"] in shown]
         lines += [f"### {name}: error first below 0.1 after {reached}", "",
                   markdown_table(["iterations", "train time (s)", "log Z error", "ESS", "log Z estimate"], rows), ""]
@@ -206,7 +205,7 @@ def graph_section(iterations: int, batch: int, steps: int) -> str:
     rates = {}
     for graphed in (False, True):
         torch.manual_seed(0)
-        sampler = DIS(Funnel(), steps=steps).to("cuda")
+        sampler = DIS(target("funnel"), steps=steps).to("cuda")
         sampler.fit(10, batch_size=batch, progress=False, cuda_graph=graphed)  # warm-up (and first capture)
         torch.cuda.synchronize()
         started = time.perf_counter()

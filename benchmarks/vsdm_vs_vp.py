@@ -69,7 +69,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     model = build(cell["model"], budget)
     forward = {k: budget[k] for k in ("forward_iterations", "paths", "path_steps")} if isinstance(model, VSDM) else {}
     started = time.perf_counter()
-    fit_equal_budget(model, train, stages=budget["stages"], score_iterations=budget["score_iterations"],
+    fit_equal_budget(model, train, iterations=budget["stages"] * budget["score_iterations"], stages=budget["stages"],
                      batch_size=budget["batch_size"], progress=False, checkpoint=cell["checkpoint"], **forward)
     result: dict[str, Any] = {"train_time_s": time.perf_counter() - started, "score_steps": model.trainer.iteration,
                               "prior_kl": model.prior_kl(train)}

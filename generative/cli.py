@@ -1,9 +1,9 @@
 """``python -m generative``: fit a generative model to 2-d data, evaluate it, write the results.
 
-    python -m generative                                   # VSDM and the equal-budget VP baseline on the spiral
-    python -m generative data=checkerboard model=vsdm_ti   # one time-invariant A
-    python -m generative data=file data.path=$PWD/points.csv model=vp compare_vp=false
-    python -m generative --cfg job                         # print the composed configuration
+    sde-generative                                   # VSDM and the equal-budget VP baseline on the spiral
+    sde-generative data=checkerboard model=vsdm_ti   # one time-invariant A
+    sde-generative data=file data.path=$PWD/points.csv model=vp compare_vp=false
+    sde-generative --cfg job                         # print the composed configuration
 
 The configuration lives in ``configs/`` (``generative.yaml`` and the groups ``data`` and ``model``). The run
 directory receives ``results.md`` (the metrics table), ``results.json``, ``samples.pt`` (name -> samples at the
@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -29,9 +30,11 @@ from .evaluation import evaluate
 from .plotting import plot_trajectories
 from .sampling import evaluations
 from .score_model import ScoreModel
-from .vsdm import VSDM, fit_equal_budget
+from .vsdm import VSDM, VSDMTraining, fit_equal_budget
 
 TABLE, METRICS, SAMPLES, PLOT = "results.md", "results.json", "samples.pt", "trajectories.png"
+
+ConfigStore.instance().store(group="schema", name="vsdm_training", node=VSDMTraining)
 
 
 def split(points: torch.Tensor, held_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,17 +56,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.compare_vp and isinstance(model, VSDM):
         models["VP"] = model.vp_baseline()
 
-    t, f = cfg.train, cfg.train.forward
+    options = OmegaConf.to_object(cfg.train).as_dict()
     rows, samples, paths, info = [], {}, {}, {}
     for name, m in models.items():
         started = time.perf_counter()
-        fit_equal_budget(
-            m, train, stages=t.stages, score_iterations=t.score_iterations, batch_size=t.batch_size,
-            lr=t.lr, lr_final=t.lr_final, weight_decay=t.weight_decay, grad_clip=t.grad_clip, progress=t.progress,
-            checkpoint=out_dir / f"{name}.pt",
-            **(dict(forward_iterations=f.iterations, forward_lr=f.lr, paths=f.paths, path_steps=f.path_steps,
-                    forward_batch=f.batch) if isinstance(m, VSDM) else {}),
-        )
+        fit_equal_budget(m, train, checkpoint=out_dir / f"{name}.pt", **options)
         info[name] = {"train_time_s": time.perf_counter() - started, "prior_kl": m.prior_kl(train),
                       "score_steps": m.trainer.iteration}
         if isinstance(m, VSDM):

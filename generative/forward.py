@@ -1,6 +1,6 @@
 r"""VSDM's variational forward processes: VP plus a learned linear drift.
 
-In noising time, with ``g(t) = sqrt(beta(t))`` and the VP schedule ``beta`` (CONVENTIONS 1), the forward SDE is
+In noising time, with ``g(t) = sqrt(beta(t))`` and the VP schedule ``beta`` (docs/samplers.md, section 'Time conventions'), the forward SDE is
 
 .. math::  dX_t = \big(-\tfrac12 \beta(t) X_t + g(t) z_f(X_t, t)\big) dt + g(t)\, dW_t, \qquad
            z_f = g(t) A_t X_t ,

@@ -11,24 +11,34 @@ probability-flow ODE or the reverse SDE.
 
 from __future__ import annotations
 
-import copy
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from sde_control.checkpoints import Checkpointable
 from sde_control.controls import ControlMLP
 from sde_control.sdes import VP, LinearSDE
-from sde_control.training import LossFn, Trainer
+from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
 from .data import validate
 from .sampling import reverse_paths
 from .score_matching import dsm_loss, gaussian_marginal, noise_to_score
 
 
-class ScoreModel:
+@dataclass
+class ScoreTraining(TrainConfig):
+    """A score model's training run (:class:`~sde_control.training.TrainConfig` with the generative defaults: Adam
+    at 1e-3 without weight decay, decaying to a tenth)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_final: float = 0.1
+
+
+class ScoreModel(Checkpointable):
     """Denoising score matching on the exact transitions of ``sde`` (:mod:`sde_control.generative.score_matching`).
 
     Args:
@@ -42,10 +52,10 @@ class ScoreModel:
         ema_decay: of the network weights' average, which scores and samples use.
     """
 
+    training_config_class = ScoreTraining
+
     def __init__(self, dim: int, sde: LinearSDE | None = None, network: nn.Module | None = None, *,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99):
-        self.config: dict[str, Any] = dict(dim=dim, sde=sde, network=copy.deepcopy(network), width=width, depth=depth,
-                                           t_min=t_min, ema_decay=ema_decay)
         self._sde = VP(0.1, 10.0, 1.0) if sde is None else sde
         self._setup(dim, network, width, depth, t_min, ema_decay)
 
@@ -60,7 +70,7 @@ class ScoreModel:
             raise ValueError(f"t_min must lie in (0, T = {self.sde.T}), got {t_min}")
         self.dim, self.t_min = dim, t_min
         self.network = ControlMLP(dim, width, depth) if network is None else network
-        self.trainer = Trainer(self.network, lr=1e-3, weight_decay=0.0, ema_decay=ema_decay)
+        self.trainer = Trainer(self.network, ema_decay=ema_decay)
 
     @property
     def sde(self) -> LinearSDE:
@@ -85,28 +95,23 @@ class ScoreModel:
 
         return step
 
-    def fit(self, x: Tensor, iterations: int = 10_000, batch_size: int = 512, *, lr: float = 1e-3,
-            weight_decay: float = 0.0, grad_clip: float | None = 1.0, lr_final: float = 0.1, lr_every: int = 100,
-            progress: bool = True, checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 500,
-            resume: bool = True) -> list[dict[str, Any]]:
+    def fit(self, x: Tensor, iterations: int = 10_000, batch_size: int = 512, *,
+            checkpoint: str | os.PathLike | None = None, resume: bool = True, **options: Any) -> list[dict[str, Any]]:
         """Fit the score to the data ``x`` (n, dim) by ``iterations`` Adam steps on batches of ``batch_size``.
 
-        The learning rate decays stepwise from ``lr`` to ``lr * lr_final`` every ``lr_every`` steps. With
-        ``checkpoint`` the state is saved every ``checkpoint_every`` steps and at the end; an existing file of an
-        interrupted run of the same length is resumed (``resume``). Returns the training history.
+        ``options`` are the fields of :class:`ScoreTraining` (the learning rate decays stepwise from ``lr`` to
+        ``lr * lr_final`` every ``lr_every`` steps). With ``checkpoint`` the state is saved every
+        ``checkpoint_every`` steps and at the end; with ``resume``, an existing file of the same run is continued
+        and one of another run refused with the differences named. Returns the training history.
         """
+        config = config_from(ScoreTraining, dict(iterations=iterations, batch_size=batch_size, **options))
         x = validate(x, dim=self.dim).to(self.device)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.trainer.configure(lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, lr_final=lr_final,
-                               lr_every=lr_every)
-        resume_run = checkpoint is not None and resume and os.path.exists(checkpoint)
-        if resume_run:
-            self.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=False)["state"])
+        resumed = checkpoint is not None and resume and self.resume_from(checkpoint, config)
+        self.training_config = config
         return self.trainer.fit(
-            self._batch_loss(x, batch_size), iterations, resume=resume_run, progress=progress,
+            self._batch_loss(x, config.batch_size), config, resume=resumed,
             description=f"{type(self).__name__} (DSM)",
-            checkpoint=None if checkpoint is None else lambda: self.save(checkpoint), checkpoint_every=checkpoint_every,
+            checkpoint=None if checkpoint is None else lambda: self.save(checkpoint),
         )
 
     # ------------------------------------------------------------------ inference
@@ -150,26 +155,3 @@ class ScoreModel:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["trainer"])
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the configuration and the training state to ``path`` (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"class": type(self).__name__, "config": self.config, "state": self.state_dict()}, tmp)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str = "cpu") -> ScoreModel:
-        """Rebuild a model written by :meth:`save` (the file is unpickled: load only files you trust)."""
-        saved = torch.load(path, map_location=map_location, weights_only=False)
-        classes = {c.__name__: c for c in (ScoreModel, *_subclasses(ScoreModel))}
-        if saved["class"] not in classes or not issubclass(classes[saved["class"]], cls):
-            raise ValueError(f"{path} holds a {saved['class']}, not a {cls.__name__}")
-        model = classes[saved["class"]](**saved["config"])
-        model.load_state_dict(saved["state"])
-        return model
-
-
-def _subclasses(base: type) -> list[type]:
-    return [c for sub in base.__subclasses__() for c in (sub, *_subclasses(sub))]

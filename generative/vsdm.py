@@ -38,18 +38,53 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from sde_control.sdes import VP
-from sde_control.training import LossFn, Trainer
+from sde_control.specs import spec_of
+from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
 from .data import validate
 from .forward import TimeDependentVSDMForward, VSDMForward
 from .sampling import reverse_paths
-from .score_model import ScoreModel
+from .score_model import ScoreModel, ScoreTraining
+
+
+@dataclass
+class VSDMTraining(ScoreTraining):
+    """VSDM's training run: ``iterations`` score-network steps split evenly over ``stages`` (each followed, but the
+    last, by a forward update), and
+
+    Args:
+        forward_iterations: forward-update steps per stage.
+        forward_lr: their initial learning rate (it decays by ``lr_final`` over the stages, as the score's).
+        paths, path_steps: backward paths drawn per stage for the forward update, and their Euler steps.
+        forward_batch: backward paths per forward step (``None``: all of them, so the stage's objective is fixed and
+            the stochasticity comes from fresh paths).
+    """
+
+    iterations: int = 10_000
+    stages: int = 20
+    forward_iterations: int = 100
+    forward_lr: float = 2e-2
+    paths: int = 1000
+    path_steps: int = 100
+    forward_batch: int | None = None
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = ScoreTraining.RESUMABLE + ("stages",)
+    """More stages of the same length extend a run (``iterations`` and ``stages`` grow together)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.stages, int) or self.stages < 1 or self.iterations % self.stages:
+            raise ValueError(f"stages must be a positive int dividing iterations = {self.iterations}, got "
+                             f"{self.stages!r}")
+        if self.forward_iterations < 0 or self.paths < 1 or self.path_steps < 1:
+            raise ValueError("need forward_iterations >= 0, paths >= 1 and path_steps >= 1")
 
 
 class VSDM(ScoreModel):
@@ -64,20 +99,19 @@ class VSDM(ScoreModel):
         forward_ema_decay: of the forward matrices' average.
     """
 
+    training_config_class = VSDMTraining
+
     def __init__(self, dim: int, *, time_dependent: bool = True, knots: int = 3, beta_min: float = 0.1,
                  beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, network: nn.Module | None = None,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99,
                  forward_ema_decay: float | None = 0.9):
-        self.config = dict(dim=dim, time_dependent=time_dependent, knots=knots, beta_min=beta_min, beta_max=beta_max,
-                           T=T, zeta=zeta, network=copy.deepcopy(network), width=width, depth=depth, t_min=t_min,
-                           ema_decay=ema_decay, forward_ema_decay=forward_ema_decay)
         forward = (TimeDependentVSDMForward(dim, knots, beta_min, beta_max, T) if time_dependent
                    else VSDMForward(dim, beta_min, beta_max, T))
-        self.forward_trainer = Trainer(forward, lr=1e-2, weight_decay=0.0, grad_clip=None, lr_final=1.0,
-                                       ema_decay=forward_ema_decay)
+        self.forward_trainer = Trainer(forward, ema_decay=forward_ema_decay)
         self.zeta = float(zeta)
         self.stage = 0
         self.stages: list[dict[str, Any]] = []
+        self._untrained_network = copy.deepcopy(network)  # for vp_baseline
         self._setup(dim, network, width, depth, t_min, ema_decay)
 
     @property
@@ -87,45 +121,40 @@ class VSDM(ScoreModel):
 
     def vp_baseline(self) -> ScoreModel:
         """An untrained score model on plain VP with this model's schedule, network and settings (stage 0)."""
-        c = self.config
-        return ScoreModel(c["dim"], VP(c["beta_min"], c["beta_max"], c["T"]), copy.deepcopy(c["network"]),
-                          width=c["width"], depth=c["depth"], t_min=c["t_min"], ema_decay=c["ema_decay"])
+        c = spec_of(self).kwargs
+        return ScoreModel(self.dim, VP(c["beta_min"], c["beta_max"], c["T"]), copy.deepcopy(self._untrained_network),
+                          width=c["width"], depth=c["depth"], t_min=self.t_min, ema_decay=c["ema_decay"])
 
     # ------------------------------------------------------------------ training
-    def fit(self, x: Tensor, stages: int = 20, score_iterations: int = 500, forward_iterations: int = 100,
-            batch_size: int = 512, *, paths: int = 1000, path_steps: int = 100, forward_batch: int | None = None,
-            lr: float = 1e-3, forward_lr: float = 2e-2, lr_final: float = 0.1, weight_decay: float = 0.0,
-            grad_clip: float | None = 1.0, progress: bool = True, checkpoint: str | os.PathLike | None = None,
-            resume: bool = True) -> list[dict[str, Any]]:
-        """Alternate score fitting and forward updates for ``stages`` stages (module docstring).
+    def fit(self, x: Tensor, iterations: int = 10_000, batch_size: int = 512, *,
+            checkpoint: str | os.PathLike | None = None, resume: bool = True, **options: Any) -> list[dict[str, Any]]:
+        """Alternate score fitting and forward updates (module docstring): ``iterations`` score-network steps on
+        batches of ``batch_size``, split over ``stages``; ``options`` are the fields of :class:`VSDMTraining`.
 
-        Args:
-            x: data (n, dim).
-            stages: score stages; a forward update follows each but the last.
-            score_iterations, batch_size: DSM steps per stage and their batch.
-            forward_iterations, forward_batch: forward steps per stage and the backward paths per step (``None``:
-                all of them, so the stage's objective is fixed and the stochasticity comes from fresh paths).
-            paths, path_steps: backward paths drawn per stage for the forward update, and their Euler steps.
-            lr, forward_lr, lr_final: initial learning rates; both decay to ``lr_final`` times theirs.
-            weight_decay, grad_clip: of the score network's Adam.
-            checkpoint: file written after every stage; with ``resume``, an existing one is continued.
+        The score's and the forward update's learning rates decay stage by stage from ``lr`` and ``forward_lr`` to
+        ``lr_final`` times theirs. With ``checkpoint`` the state is written after every stage; with ``resume``, an
+        existing file of the same run is continued from its last stage.
 
         Returns one record per stage: the stage, the averaged forward process's time-averaged ``A`` and its
         :meth:`prior_kl`, and the last forward objective value.
         """
+        config = config_from(VSDMTraining, dict(iterations=iterations, batch_size=batch_size, **options))
         x = validate(x, dim=self.dim).to(self.device)
-        if checkpoint is not None and resume and os.path.exists(checkpoint):
-            self.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=False)["state"])
+        if checkpoint is not None and resume:
+            self.resume_from(checkpoint, config)
+        self.training_config = config
+        stages = config.stages
         for stage in range(self.stage, stages):
-            decay = lr_final ** (stage / stages)
-            self.trainer.configure(lr=lr * decay, weight_decay=weight_decay, grad_clip=grad_clip, lr_final=1.0)
-            self.trainer.fit(self._batch_loss(x, batch_size), score_iterations, progress=progress,
+            decay = config.lr_final ** (stage / stages)
+            self.trainer.fit(self._batch_loss(x, config.batch_size),
+                             config.loop(iterations=config.iterations // stages, lr=config.lr * decay, lr_final=1.0),
                              description=f"VSDM stage {stage + 1}/{stages}")
             record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(), "prior_kl": self.prior_kl(x)}
-            if stage < stages - 1 and forward_iterations > 0:
-                self.forward_trainer.configure(lr=forward_lr * decay, weight_decay=0.0, grad_clip=None, lr_final=1.0)
-                history = self.forward_trainer.fit(self._forward_objective(paths, path_steps, forward_batch),
-                                                   forward_iterations, progress=False)
+            if stage < stages - 1 and config.forward_iterations > 0:
+                forward = TrainConfig(iterations=config.forward_iterations, lr=config.forward_lr * decay,
+                                      weight_decay=0.0, grad_clip=None, lr_final=1.0, progress=False)
+                history = self.forward_trainer.fit(
+                    self._forward_objective(config.paths, config.path_steps, config.forward_batch), forward)
                 record["forward_objective"] = history[-1]["loss"]
             self.stages.append(record)
             self.stage = stage + 1
@@ -181,18 +210,21 @@ def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta
     return (weights[:, None] * integrand).sum(0).mean()
 
 
-def fit_equal_budget(model: ScoreModel, x: Tensor, *, stages: int, score_iterations: int, batch_size: int = 512,
-                     lr: float = 1e-3, lr_final: float = 0.1, weight_decay: float = 0.0,
-                     grad_clip: float | None = 1.0, progress: bool = True,
-                     checkpoint: str | os.PathLike | None = None, **vsdm_options: Any) -> list[dict[str, Any]]:
-    """Train ``model`` with ``stages * score_iterations`` score-network steps on batches of ``batch_size``.
+def fit_equal_budget(model: ScoreModel, x: Tensor, *, checkpoint: str | os.PathLike | None = None,
+                     **options: Any) -> list[dict[str, Any]]:
+    """Train ``model`` with ``options["iterations"]`` score-network steps laid out as ``options["stages"]`` stages
+    (the fields of :class:`VSDMTraining`, with its defaults).
 
-    A :class:`VSDM` trains by its stages (``vsdm_options`` go to :meth:`VSDM.fit`); any other
-    :class:`ScoreModel` takes the same number of steps in one run whose stepwise learning-rate decay
-    (``lr_every = score_iterations``) equals VSDM's stage by stage: the equal budget of a comparison.
+    A :class:`VSDM` trains by its stages; any other :class:`ScoreModel` takes the same number of steps in one run
+    whose stepwise learning-rate decay (``lr_every = iterations / stages``) equals VSDM's stage by stage, and
+    ignores the forward-update options: the equal budget of a comparison.
     """
-    common = dict(batch_size=batch_size, lr=lr, lr_final=lr_final, weight_decay=weight_decay, grad_clip=grad_clip,
-                  progress=progress, checkpoint=checkpoint)
+    config = config_from(VSDMTraining, options)
     if isinstance(model, VSDM):
-        return model.fit(x, stages=stages, score_iterations=score_iterations, **common, **vsdm_options)
-    return model.fit(x, iterations=stages * score_iterations, lr_every=score_iterations, **common)
+        return model.fit(x, checkpoint=checkpoint, **config.as_dict())
+    score_options = {k: v for k, v in config.as_dict().items() if k not in VSDM_ONLY}
+    return model.fit(x, checkpoint=checkpoint, **{**score_options, "lr_every": config.iterations // config.stages})
+
+
+VSDM_ONLY = {field for field in VSDMTraining.__dataclass_fields__} - set(ScoreTraining.__dataclass_fields__)
+"""The options of :class:`VSDMTraining` that a plain score model does not have (stages and forward updates)."""

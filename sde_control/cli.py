@@ -6,8 +6,9 @@ print a table and write it, a plot of the samples and a checkpoint into the run 
     sde-control -m sampler=dis,pis,dds seed=0,1   # a sweep, one run directory per job
 
 The configuration lives in ``configs/`` (``sampling.yaml`` and the groups ``target``, ``sampler``,
-``loss``, ``control``); ``sde-control --cfg job`` prints it. A run directory that already holds
-a checkpoint of an interrupted run resumes it (``hydra.run.dir=<that directory>``).
+``loss``, ``control``); ``train`` is typed by :class:`~sde_control.samplers.SamplerTraining`, whose defaults it
+takes (an unknown or mistyped key fails before anything runs); ``sde-control --cfg job`` prints it all. A run
+directory that already holds a checkpoint of an interrupted run resumes it (``hydra.run.dir=<that directory>``).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .metrics import marginal_std_error, mode_fractions, wasserstein2_squared
 from .plotting import plot_samples
-from .samplers import Sampler
+from .samplers import Sampler, SamplerTraining
 
 CHECKPOINT, TABLE, METRICS, PLOT = "checkpoint.pt", "results.md", "results.json", "samples.png"
+
+ConfigStore.instance().store(group="schema", name="sampler_training", node=SamplerTraining)
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -40,20 +44,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         cfg.sampler, target=target, control=cfg.control.kind, width=cfg.control.width, depth=cfg.control.depth
     ).to(cfg.device)
 
-    train = OmegaConf.to_container(cfg.train)
+    train: SamplerTraining = OmegaConf.to_object(cfg.train)
     started = time.perf_counter()
-    sampler.fit(
-        loss=cfg.loss.name,
-        adjoint=cfg.loss.adjoint,
-        checkpoint=out_dir / CHECKPOINT,
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()},
-    )
+    sampler.fit(checkpoint=out_dir / CHECKPOINT, **train.as_dict())
     train_time = time.perf_counter() - started
 
     estimate = sampler.estimate_log_z(cfg.evaluate.samples, steps=cfg.evaluate.steps)
     samples = sampler.sample(cfg.evaluate.metric_samples, steps=cfg.evaluate.steps).cpu()
     results: dict[str, Any] = {
-        "target": type(target).__name__, "sampler": type(sampler).__name__, "loss": cfg.loss.name,
+        "target": type(target).__name__, "sampler": type(sampler).__name__, "loss": train.loss,
         **estimate.as_dict(), "train_time_s": train_time, "iterations": sampler.trainer.iteration,
     }
     exact = target.sample(cfg.evaluate.metric_samples).cpu() if target.has_exact_samples else None

@@ -14,7 +14,7 @@ attribute that training schedules may change (saved with the weights).
 
 Networks that depend on time through separate time features provide ``on_grid(times)``, which
 evaluates those features for all grid times in one batch and returns the per-step control
-``(x, k) -> u(x, times[k])``; the integrators use it (:func:`sde_control.integrate.on_grid`).
+``(x, k) -> u(x, times[k])``; the integrators use it through :func:`on_grid`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,20 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .specs import Specified
+
 Field = Callable[[Tensor, Tensor], Tensor]
+
+Control = Callable[[Tensor, Tensor], Tensor]
+"""``u(x, s)``: states (batch, dim) and a 0-dim generation time ``s`` -> controls (batch, dim)."""
+
+
+def on_grid(control: Control, times: Tensor) -> Callable[[Tensor, int], Tensor]:
+    """The per-step control ``(x, k) -> u(x, times[k])``; networks with an ``on_grid`` method batch their time
+    features over the grid."""
+    if hasattr(control, "on_grid"):
+        return control.on_grid(times)
+    return lambda x, k: control(x, times[k])
 
 
 class FourierTimeEmbedding(nn.Module):
@@ -70,7 +83,7 @@ class TimeNetwork(nn.Module):
         return self.mlp(self.embedding(s))
 
 
-class ControlMLP(nn.Module):
+class ControlMLP(Specified, nn.Module):
     """Fourier-feature MLP ``NN(x, s)``: ``depth`` layers of ``width`` GELU units, last layer zero."""
 
     def __init__(self, dim: int, width: int = 64, depth: int = 4, clip: float = 1e4):

@@ -2,21 +2,12 @@ r"""Integration of controlled SDEs through ``torchsde``: every call into ``torch
 
 Three entry points:
 
-* :func:`simulate`: the discretised chain of :mod:`sde_control.references`,
-  ``X_{k+1} = A_k X_k + B_k u_k + sqrt(v_k) xi_k``, run by ``torchsde.sdeint`` (Ito Euler) in
+* :func:`simulate_chain`: the discretised chain of :mod:`sde_control.references`,
+  ``X_{k+1} = A_k X_k + B_k \bar u_k + sqrt(v_k) xi_k``, run by ``torchsde.sdeint`` (Ito Euler) in
   step-index time with :class:`~sde_control.brownian.GridBrownian`, so that the step is the
-  exact Gaussian transition whose density the weights use. The running costs of the weight are
-  two extra state columns:
-
-  .. math::  C = \sum_k \frac{B_k^2}{2 v_k}\big(|u_k|^2 - 2 u_k \cdot \bar u_k\big), \qquad
-             M = \sum_k \frac{B_k}{\sqrt{v_k}} u_k \cdot \xi_k ,
-
-  where ``u`` is the control that is scored and ``\bar u`` the one that drives the path
-  (``\bar u = u`` on-policy, where ``C = -sum B^2 |u|^2 / 2v``, about ``-1/2 int |u|^2 ds``, and
-  ``M`` about ``int u . dW``; ``\bar u = u.detach()`` for the log-variance loss, where ``C`` has the
-  same value and zero gradient, so only ``M`` carries the gradient). Then
-  ``sum_k log q_0/q_u (X_{k+1}|X_k) = C - M`` exactly (:mod:`sde_control.weights`).
-  Backpropagation goes through the whole path.
+  exact Gaussian transition whose density the weights use. The running costs ``C`` and ``M`` of the weight
+  (:func:`sde_control.weights.running_costs`) are two extra state columns, so that
+  ``sum_k log q_0/q_u (X_{k+1}|X_k) = C - M`` exactly. Backpropagation goes through the whole path.
 
 * :func:`simulate_continuous`: the continuous SDE ``dX = (m X + sigma u) ds + sigma dW`` with the
   energy ``1/2 int |u|^2 ds`` as an extra state (zero diffusion, so the noise stays additive),
@@ -29,7 +20,6 @@ Three entry points:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,55 +27,33 @@ import torchsde
 from torch import Tensor, nn
 
 from .brownian import GridBrownian
+from .controls import Control, on_grid
 from .device import like
-from .references import Reference, Steps
-
-Control = Callable[[Tensor, Tensor], Tensor]
-"""``u(x, s)``: states (batch, dim) and a 0-dim generation time ``s`` -> controls (batch, dim)."""
-
-
-def on_grid(control: Control, times: Tensor) -> Callable[[Tensor, int], Tensor]:
-    """The per-step control ``(x, k) -> u(x, times[k])``; networks with an ``on_grid`` method
-    batch their time features over the grid (:mod:`sde_control.controls`)."""
-    if hasattr(control, "on_grid"):
-        return control.on_grid(times)
-    return lambda x, k: control(x, times[k])
-
-
-@dataclass
-class Path:
-    """A path: states (N+1, batch, dim) on ``grid`` and the two parts (batch,) of its control ratio."""
-
-    states: Tensor
-    grid: Tensor
-    control_term: Tensor
-    noise_term: Tensor
-
-    @property
-    def log_control_ratio(self) -> Tensor:
-        r"""``\sum_k \log q_0/q_u (X_{k+1}|X_k) = C - M``."""
-        return self.control_term - self.noise_term
-
-    @property
-    def terminal(self) -> Tensor:
-        return self.states[-1]
+from .references import ForwardKernels, Reference
+from .weights import Trajectory, running_costs
 
 
 def _new_seed() -> int:
     return int(torch.randint(0, 2**62, ()).item())
 
 
-class _DiscreteChain(nn.Module):
-    """The chain ``X' = A X + B u + sqrt(v) xi`` as an Ito SDE in step-index time (dt = 1)."""
+class DiscreteChain(nn.Module):
+    """The chain ``X' = A X + B u + sqrt(v) xi`` with its running costs ``C`` and ``M`` as two extra state columns,
+    as an Ito SDE in step-index time (dt = 1) for ``torchsde.sdeint`` with any Brownian motion of shape
+    (batch, dim). It records the states as the solver steps (the solver need only output the end point).
+
+    ``detach_drift=True`` drives the path with ``u.detach()`` while the running costs keep the gradient of ``u``.
+    """
 
     noise_type = "general"
     sde_type = "ito"
 
-    def __init__(self, control: Callable[[Tensor, int], Tensor], steps: Steps, dim: int, detach_drift: bool):
+    def __init__(self, control: Callable[[Tensor, int], Tensor], kernels: ForwardKernels, dim: int,
+                 detach_drift: bool):
         super().__init__()
         self.control, self.dim, self.detach_drift = control, dim, detach_drift
         # Python floats: arithmetic with them is cheaper than with 0-dim tensors in the step loop.
-        A, B, v = steps.scale.tolist(), steps.control.tolist(), steps.var.tolist()
+        A, B, v = kernels.scale.tolist(), kernels.control.tolist(), kernels.var.tolist()
         self.coefficients = [(a - 1, b, v**0.5, b**2 / (2 * v), b / v**0.5) for a, b, v in zip(A, B, v)]
         self.states: list[Tensor | None] = [None] * len(A)
 
@@ -95,19 +63,18 @@ class _DiscreteChain(nn.Module):
         x = y[:, : self.dim]
         if self.detach_drift:
             x = x.detach()  # the path carries no gradient: only the running costs do
-        self.states[k] = x  # the path, recorded as the solver steps (it only outputs the end point)
+        self.states[k] = x
         u = self.control(x, k)
         u_drive = u.detach() if self.detach_drift else u
-        # C = c |u|^2 - 2 c u . u_drive: on-policy -c |u|^2; off-policy at u_drive = u.detach() it has
-        # the same value and a gradient 2 c (u - u_drive) = 0, so it is computed without one.
-        control_term = -c_control * u_drive.square().sum(-1, keepdim=True)
-        zero = torch.zeros_like(control_term)
-        drift = torch.cat([torch.add(a1 * x, u_drive, alpha=b), control_term, zero], dim=1)
-        noise = torch.cat([std * xi, zero, c_noise * (u * xi).sum(-1, keepdim=True)], dim=1)
+        control_cost, noise_cost = running_costs(u, xi, c_control, c_noise,
+                                                 behaviour=u_drive if self.detach_drift else None)
+        zero = torch.zeros_like(control_cost[:, None])
+        drift = torch.cat([torch.add(a1 * x, u_drive, alpha=b), control_cost[:, None], zero], dim=1)
+        noise = torch.cat([std * xi, zero, noise_cost[:, None]], dim=1)
         return drift, noise
 
 
-def simulate(
+def simulate_chain(
     control: Control,
     reference: Reference,
     x0: Tensor,
@@ -116,7 +83,7 @@ def simulate(
     seed: int | None = None,
     detach_drift: bool = False,
     stream_noise: bool = False,
-) -> Path:
+) -> Trajectory:
     """Simulate the controlled chain from ``x0`` (batch, dim) on ``grid`` (N+1,, on the CPU).
 
     ``detach_drift=True`` drives the path with ``u.detach()`` while the running costs keep the
@@ -124,7 +91,7 @@ def simulate(
     ``stream_noise=True`` draws them from torch's default generator instead (CUDA-graph capture).
     """
     batch, dim = x0.shape
-    chain = _DiscreteChain(on_grid(control, like(grid, x0)), reference.forward_steps(grid), dim, detach_drift)
+    chain = DiscreteChain(on_grid(control, like(grid, x0)), reference.forward_kernels(grid), dim, detach_drift)
     seed = None if stream_noise else _new_seed() if seed is None else seed
     bm = GridBrownian((batch, dim), seed=seed, dtype=x0.dtype, device=x0.device)
     y0 = torch.cat([x0, x0.new_zeros(batch, 2)], dim=1)
@@ -137,7 +104,7 @@ def simulate(
     # torchsde keeps the chain in reference cycles: drop what holds autograd graphs, so they are
     # freed with the loss rather than by the garbage collector (CUDA-graph capture needs that).
     chain.control, chain.states = None, []
-    return Path(states=states, grid=grid, control_term=y_T[:, dim], noise_term=y_T[:, dim + 1])
+    return Trajectory(states=states, grid=grid, control_cost=y_T[:, dim], noise_cost=y_T[:, dim + 1])
 
 
 class _GenericSDE(nn.Module):

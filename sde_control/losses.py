@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .integrate import Control, simulate, simulate_continuous
+from .controls import Control
+from .integrate import simulate_chain, simulate_continuous
 from .references import Reference
-from .target import Target, checked_log_prob
-from .weights import log_weight
+from .target import Target
+from .weights import continuous_objective, log_weight
 
 
 @dataclass
@@ -47,11 +48,11 @@ def kl_loss(
     """
     if adjoint:
         x_T, energy = simulate_continuous(control, reference, x0, grid, method=adjoint_method)
-        objective = checked_log_prob(target, x_T) + reference.log_ratio_continuous(x0, x_T) - energy
+        objective = continuous_objective(target, reference, x0, x_T, energy)
         return LossOutput(-objective.mean(), objective.detach())
-    path = simulate(control, reference, x0, grid, stream_noise=graph_safe)
-    log_w = log_weight(target, reference, path, validate=not graph_safe)
-    objective = log_w + path.noise_term  # the mean-zero term M = sum_k B_k u_k . xi_k / sqrt(v_k) left out
+    trajectory = simulate_chain(control, reference, x0, grid, stream_noise=graph_safe)
+    log_w = log_weight(target, reference, trajectory, validate=not graph_safe)
+    objective = log_w + trajectory.noise_cost  # the mean-zero term M = sum_k B_k u_k . xi_k / sqrt(v_k) left out
     return LossOutput(-objective.mean(), log_w.detach())
 
 
@@ -59,8 +60,8 @@ def log_variance_loss(
     target: Target, reference: Reference, control: Control, x0: Tensor, grid: Tensor, *, graph_safe: bool = False
 ) -> LossOutput:
     """Sample variance of ``log w_u`` on paths driven by ``u.detach()`` (``graph_safe``: see :func:`kl_loss`)."""
-    path = simulate(control, reference, x0, grid, detach_drift=True, stream_noise=graph_safe)
-    log_w = log_weight(target, reference, path, validate=not graph_safe)
+    trajectory = simulate_chain(control, reference, x0, grid, detach_drift=True, stream_noise=graph_safe)
+    log_w = log_weight(target, reference, trajectory, validate=not graph_safe)
     return LossOutput(log_w.var(), log_w.detach())
 
 

@@ -1,6 +1,6 @@
 """Sample-quality metrics shared by the samplers, the benchmarks and the generative side.
 
-Optimal transport (CONVENTIONS 7): the debiased Sinkhorn divergence with squared Euclidean cost
+Optimal transport (docs/measurements.md, section 'Optimal transport'): the debiased Sinkhorn divergence with squared Euclidean cost
 (:func:`sinkhorn_divergence`) and its ``epsilon -> 0`` limit, the exact squared 2-Wasserstein distance
 (:func:`wasserstein2_squared`). At ``epsilon = 1e-3`` on 2000 against 2000 samples the Sinkhorn iterations do not
 converge in practical time on a CPU (the number of iterations grows like ``max cost / epsilon``); the two agree to

@@ -12,7 +12,7 @@ at its left end,
 and ``q_0`` is the same step without control. A reference also has a *backward kernel*
 ``p_ref(X_k | X_{k+1}) = N(b_k X_{k+1}, c_k I)``: the path density of the target-started
 reference read backwards. The importance weight of a simulated path is then the ratio of the
-discrete path densities (CONVENTIONS.md section 2),
+discrete path densities (docs/samplers.md, section 'The discrete-time weight'),
 
 .. math::  \log w = \log\rho(X_N) + \underbrace{\log p_{ref}(X_{0:N-1}|X_N) - \log q_0(X_{0:N})}_{\text{log\_ratio}}
            + \sum_k \log \frac{q_0}{q_u}(X_{k+1}|X_k),
@@ -35,15 +35,23 @@ from .sdes import ScalarSDE
 
 
 @dataclass(frozen=True)
-class Steps:
-    """Per-step coefficients of ``q_u(X_{k+1}|X_k) = N(A_k X_k + B_k u_k, v_k I)``, each of shape (N,)."""
+class ForwardKernels:
+    """Coefficients of the simulated steps ``q_u(X_{k+1}|X_k) = N(A_k X_k + B_k u_k, v_k I)``, each of shape (N,)."""
 
     scale: Tensor
     control: Tensor
     var: Tensor
 
-    def to(self, dtype: torch.dtype) -> Steps:
-        return Steps(self.scale.to(dtype), self.control.to(dtype), self.var.to(dtype))
+    def to(self, dtype: torch.dtype) -> ForwardKernels:
+        return ForwardKernels(self.scale.to(dtype), self.control.to(dtype), self.var.to(dtype))
+
+
+@dataclass(frozen=True)
+class BackwardKernels:
+    """Coefficients of the reference's backward kernels ``p_ref(X_k|X_{k+1}) = N(b_k X_{k+1}, c_k I)``, each (N,)."""
+
+    scale: Tensor
+    var: Tensor
 
 
 def time_grid(T: float, steps: int) -> Tensor:
@@ -86,11 +94,11 @@ class Reference(abc.ABC):
         """``sigma(s)``."""
 
     @abc.abstractmethod
-    def forward_steps(self, grid: Tensor) -> Steps:
+    def forward_kernels(self, grid: Tensor) -> ForwardKernels:
         """Coefficients of the simulated step ``q_u`` on ``grid``."""
 
     @abc.abstractmethod
-    def backward_steps(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+    def backward_kernels(self, grid: Tensor) -> BackwardKernels:
         """``(b_k, c_k)`` with ``p_ref(X_k | X_{k+1}) = N(b_k X_{k+1}, c_k I)``."""
 
     @abc.abstractmethod
@@ -99,13 +107,13 @@ class Reference(abc.ABC):
 
     def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
         r"""``\log p_ref(X_{0:N-1} | X_N) - \log q_0(X_{0:N})`` for states of shape (N+1, batch, dim)."""
-        steps = self.forward_steps(grid)
-        A, v = like(steps.scale, states), like(steps.var, states)
-        b, c = (like(value, states) for value in self.backward_steps(grid))
+        forward, backward = self.forward_kernels(grid), self.backward_kernels(grid)
+        A, v = like(forward.scale, states), like(forward.var, states)
+        b, c = like(backward.scale, states), like(backward.var, states)
         x, x_next = states[:-1], states[1:]
-        backward = _log_normal(x, b[:, None, None] * x_next, c[:, None])
-        forward = _log_normal(x_next, A[:, None, None] * x, v[:, None])
-        return (backward - forward).sum(0) - self.log_initial(states[0])
+        log_backward = _log_normal(x, b[:, None, None] * x_next, c[:, None])
+        log_forward = _log_normal(x_next, A[:, None, None] * x, v[:, None])
+        return (log_backward - log_forward).sum(0) - self.log_initial(states[0])
 
     @abc.abstractmethod
     def log_initial(self, x0: Tensor) -> Tensor:
@@ -151,7 +159,7 @@ class TimeReversalReference(Reference):
     def log_ratio(self, states: Tensor, grid: Tensor) -> Tensor:
         if self.integrator == "euler":
             return super().log_ratio(states, grid)
-        a, _ = self.backward_steps(grid)
+        a = self.backward_kernels(grid).scale
         return -self.log_initial(states[0]) - self.dim * float(torch.log(a).sum())
 
     def _noising_time(self, s: Tensor) -> Tensor:
@@ -163,18 +171,19 @@ class TimeReversalReference(Reference):
     def diffusion(self, s: Tensor) -> Tensor:
         return self.sde.g(self._noising_time(s))
 
-    def forward_steps(self, grid: Tensor) -> Steps:
+    def forward_kernels(self, grid: Tensor) -> ForwardKernels:
         s, h = grid[:-1], grid.diff()
         if self.integrator == "euler":
             sigma = self.diffusion(s)
-            return Steps(1.0 + self.drift_coefficient(s) * h, sigma * h, sigma**2 * h)
-        a, gamma = self.backward_steps(grid)
-        scale = 1.0 / a
-        return Steps(scale, _exact_control_coefficient(scale, h, self.diffusion(s + h / 2)), gamma / a**2)
+            return ForwardKernels(1.0 + self.drift_coefficient(s) * h, sigma * h, sigma**2 * h)
+        backward = self.backward_kernels(grid)
+        scale = 1.0 / backward.scale
+        return ForwardKernels(scale, _exact_control_coefficient(scale, h, self.diffusion(s + h / 2)),
+                              backward.var / backward.scale**2)
 
-    def backward_steps(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+    def backward_kernels(self, grid: Tensor) -> BackwardKernels:
         t = self._noising_time(grid)
-        return self.sde.transition(t[1:], t[:-1])
+        return BackwardKernels(*self.sde.transition(t[1:], t[:-1]))
 
     def sample_initial(self, n: int, device: torch.device | str | None = None) -> Tensor:
         noise = torch.randn(n, self.dim, device=device)
@@ -215,16 +224,16 @@ class ForwardReference(Reference):
     def diffusion(self, s: Tensor) -> Tensor:
         return self.sde.g(torch.as_tensor(s, dtype=torch.float64))
 
-    def forward_steps(self, grid: Tensor) -> Steps:
+    def forward_kernels(self, grid: Tensor) -> ForwardKernels:
         s, h = grid[:-1], grid.diff()
         scale, var = self.sde.transition(s, grid[1:])
-        return Steps(scale, _exact_control_coefficient(scale, h, self.diffusion(s + h / 2)), var)
+        return ForwardKernels(scale, _exact_control_coefficient(scale, h, self.diffusion(s + h / 2)), var)
 
-    def backward_steps(self, grid: Tensor) -> tuple[Tensor, Tensor]:
+    def backward_kernels(self, grid: Tensor) -> BackwardKernels:
         _, v = self.sde.marginal(grid, var0=self.initial_std**2)
-        scale = self.forward_steps(grid).scale
+        scale = self.forward_kernels(grid).scale
         b = v[:-1] * scale / v[1:]
-        return b, v[:-1] * (1.0 - b * scale)
+        return BackwardKernels(b, v[:-1] * (1.0 - b * scale))
 
     def sample_initial(self, n: int, device: torch.device | str | None = None) -> Tensor:
         return self.initial_std * torch.randn(n, self.dim, device=device)

@@ -1,4 +1,5 @@
-"""PIS, DIS and DDS: thin configurations of a reference, a control network and a loss.
+"""PIS, DIS and DDS: a reference process, a guidance for the control network, and the shared training and
+estimation of :class:`Sampler`.
 
 >>> from sde_control.targets import Funnel
 >>> sampler = DIS(Funnel(dim=10))
@@ -10,64 +11,161 @@
 
 from __future__ import annotations
 
+import abc
 import os
-import warnings
-from pathlib import Path as FilePath
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .controls import ControlMLP, ScoreInformedControl
+from .checkpoints import Checkpointable
+from .controls import ControlMLP, Field, ScoreInformedControl
 from .device import like
 from .estimators import LogZEstimate
-from .integrate import simulate
+from .integrate import simulate_chain
 from .losses import LOSSES
 from .references import ForwardReference, Reference, TimeReversalReference, time_grid
 from .sdes import VP, ScaledBrownian
 from .target import Target, TargetError, validate_target
-from .training import Trainer
-from .weights import log_weight, path_from_states, reference_paths_from
-
-CLIP_SCHEDULE = ((0, 10.0), (200, 50.0), (400, 250.0))
-"""The DIS paper's clipping of the control terms: 10, then 50 after step 200, 250 after step 400."""
+from .training import TrainConfig, Trainer, config_from
+from .weights import log_weight, reference_paths_from, trajectory_from_states
 
 
-class Sampler:
-    """A controlled SDE from a reference process to ``target``, trained by a path-space loss.
 
-    Subclasses (:class:`PIS`, :class:`DIS`, :class:`DDS`) choose the reference and the guidance
-    of the score-informed control. ``control`` is ``"score"`` (score-informed network),
-    ``"mlp"`` (plain network) or an ``nn.Module`` mapping ``(x, s)`` to a control of ``x``'s shape.
+@dataclass
+class SamplerTraining(TrainConfig):
+    """A sampler's training run: the loop's settings (:class:`~sde_control.training.TrainConfig`) and
+
+    Args:
+        loss: ``"lv"`` (log-variance) or ``"kl"``.
+        step_schedule: time-step counts used for equal shares of the run (the DIS paper: ``(100, 200, 400,
+            800)``); ``None``: the sampler's ``steps`` throughout.
+        clip_values, clip_from: the control's clipping ``clip_values[j]`` from iteration ``clip_from[j]`` on (the DIS
+            paper: 10, then 50 after step 200, 250 after step 400).
+        adjoint: the KL loss through ``torchsde.sdeint_adjoint`` (memory flat in the number of steps).
+        evaluate_every: also estimate log Z from ``eval_samples`` fresh paths of the EMA control every so many
+            iterations (and at the end); ``None``: never.
+        eval_samples: paths of those estimates.
     """
 
-    adjoint_method: str | None = "reversible_heun"
-    """Solver of ``fit(adjoint=True)`` (:func:`~sde_control.integrate.simulate_continuous`); ``None``
-    where the adjoint gives no usable gradient (:class:`DIS`)."""
+    loss: str = "lv"
+    step_schedule: tuple[int, ...] | None = None
+    clip_values: tuple[float, ...] = (10.0, 50.0, 250.0)
+    clip_from: tuple[int, ...] = (0, 200, 400)
+    adjoint: bool = False
+    evaluate_every: int | None = None
+    eval_samples: int = 2000
 
-    def __init__(self, target: Target, config: dict[str, Any]):
+    RESUMABLE: ClassVar[tuple[str, ...]] = TrainConfig.RESUMABLE + ("evaluate_every", "eval_samples")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {self.loss!r}")
+        if self.adjoint and self.loss != "kl":
+            raise ValueError("adjoint=True applies to the KL loss only (the log-variance loss has no path gradient)")
+        if self.adjoint and self.cuda_graph:
+            raise ValueError("cuda_graph=True needs a graph-safe loss: the adjoint solver is not (use adjoint=False)")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be at least 2, got {self.batch_size}")
+        for steps in self.step_schedule or ():
+            if not isinstance(steps, int) or steps < 1:
+                raise ValueError(f"step_schedule must hold positive ints, got {self.step_schedule!r}")
+        if len(self.clip_values) != len(self.clip_from) or not self.clip_from or list(self.clip_from) != sorted(
+                self.clip_from):
+            raise ValueError(f"clip_values and clip_from must be non-empty and of equal length, clip_from increasing; "
+                             f"got {self.clip_values!r}, {self.clip_from!r}")
+
+    def steps_at(self, run_position: int, default: int) -> int:
+        """The step count ``run_position`` iterations into the run."""
+        schedule = self.step_schedule or (default,)
+        phase = run_position * len(schedule) // self.iterations
+        return schedule[min(phase, len(schedule) - 1)]
+
+    def clip_at(self, iteration: int) -> float:
+        value = self.clip_values[0]
+        for start, clip in zip(self.clip_from, self.clip_values):
+            if iteration >= start:
+                value = clip
+        return value
+
+
+class Guidance(abc.ABC):
+    """The score-informed term of the control ``lambda(s) NN_2(s) psi(x, s)`` (:mod:`sde_control.controls`)."""
+
+    weight_bias: float
+    """Initial value of the learned time weight ``NN_2``."""
+
+    @abc.abstractmethod
+    def field(self, target: Target, reference: Reference) -> Field:
+        """``psi(x, s)``."""
+
+    def scale(self, reference: Reference) -> Callable[[Tensor], Tensor] | None:
+        """``lambda(s)``; ``None`` means 1."""
+        return None
+
+
+@dataclass(frozen=True)
+class TargetScore(Guidance):
+    """``psi = grad log rho`` (PIS, DDS)."""
+
+    weight_bias: float = 0.01
+
+    def field(self, target: Target, reference: Reference) -> Field:
+        return lambda x, s: target.score(x)
+
+
+@dataclass(frozen=True)
+class InterpolatedScore(Guidance):
+    """``psi = lerp(grad log p_0, grad log rho, s / T)`` scaled by ``sigma(s)`` (DIS, whose prior ``p_0`` is the
+    Gaussian start of its reference)."""
+
+    weight_bias: float = 1.0
+
+    def field(self, target: Target, reference: TimeReversalReference) -> Field:
+        def interpolated_score(x: Tensor, s: Tensor) -> Tensor:
+            prior_score = -(x - like(reference.prior_mean, x)) / reference.prior_std**2
+            return torch.lerp(prior_score, target.score(x), s / reference.T)
+
+        return interpolated_score
+
+    def scale(self, reference: Reference) -> Callable[[Tensor], Tensor]:
+        return reference.diffusion
+
+
+class Sampler(Checkpointable):
+    """A controlled SDE from a reference process to ``target``, trained by a path-space loss.
+
+    Subclasses (:class:`PIS`, :class:`DIS`, :class:`DDS`) hand over their reference (built for the target's
+    dimension, once the target is validated) and their guidance. ``control`` is
+    ``"score"`` (the score-informed network of the guidance), ``"mlp"`` (a plain network) or an ``nn.Module``
+    mapping ``(x, s)`` to a control of ``x``'s shape; ``width`` and ``depth`` size the built networks.
+    """
+
+    adjoint_method: ClassVar[str | None] = "reversible_heun"
+    """Solver of ``fit(adjoint=True)`` (:func:`~sde_control.integrate.simulate_continuous`); ``None`` where the
+    adjoint gives no usable gradient (:class:`DIS`)."""
+
+    training_config_class = SamplerTraining
+
+    def __init__(self, target: Target, reference: Callable[[int], Reference], guidance: Guidance, *, steps: int,
+                 control: str | nn.Module, width: int, depth: int):
         validate_target(target)
-        self.target, self.config = target, config
-        self.reference = self._reference()
-        steps, control, width, depth = (config[k] for k in ("steps", "control", "width", "depth"))
-        self.steps = steps
-        time_grid(self.reference.T, steps)  # validates steps
+        reference = reference(target.dim)
+        time_grid(reference.T, steps)  # validates steps
+        self.target, self.reference, self.steps = target, reference, steps
         if isinstance(control, nn.Module):
             self.control = control
         elif control == "score":
-            self.control = self._score_control(width, depth)
+            self.control = ScoreInformedControl(target.dim, guidance.field(target, reference), guidance.scale(reference),
+                                                weight_bias=guidance.weight_bias, width=width, depth=depth)
         elif control == "mlp":
             self.control = ControlMLP(target.dim, width, depth)
         else:
             raise ValueError(f"control must be 'score', 'mlp' or an nn.Module, got {control!r}")
         self._check_control()
         self.trainer = Trainer(self.control)
-
-    def _reference(self) -> Reference:
-        raise NotImplementedError
-
-    def _score_control(self, width: int, depth: int) -> nn.Module:
-        raise NotImplementedError
 
     def _check_control(self) -> None:
         x = self.reference.sample_initial(4, self.device)
@@ -94,103 +192,50 @@ class Sampler:
         return self
 
     # ------------------------------------------------------------------ training
-    def fit(
-        self,
-        iterations: int,
-        batch_size: int = 512,
-        loss: str = "lv",
-        *,
-        steps: int | Sequence[int] | None = None,
-        lr: float = 5e-3,
-        weight_decay: float = 1e-7,
-        grad_clip: float | None = 1.0,
-        lr_final: float = 0.02,
-        clip_schedule: Sequence[tuple[int, float]] = CLIP_SCHEDULE,
-        adjoint: bool = False,
-        progress: bool = True,
-        evaluate_every: int | None = None,
-        eval_samples: int = 2000,
-        checkpoint: str | os.PathLike | None = None,
-        checkpoint_every: int = 500,
-        resume: bool = True,
-        cuda_graph: bool = False,
-    ) -> list[dict[str, Any]]:
+    def fit(self, iterations: int, batch_size: int = 512, loss: str = "lv", *,
+            checkpoint: str | os.PathLike | None = None, resume: bool = True, **options: Any) -> list[dict[str, Any]]:
         """Train the control; returns the training history (also at :attr:`history`).
 
-        Args:
-            iterations: gradient steps of this run.
-            batch_size: paths per step.
-            loss: ``"lv"`` (log-variance) or ``"kl"``.
-            steps: time steps; an int, or a sequence of step counts used for equal shares of the
-                run (the DIS paper: ``(100, 200, 400, 800)``). Default: the sampler's ``steps``.
-            lr, weight_decay, grad_clip, lr_final: optimiser settings (see :class:`Trainer`).
-            clip_schedule: ``(iteration, c)`` pairs for the control's clipping.
-            adjoint: KL loss through ``torchsde.sdeint_adjoint`` (memory flat in ``steps``).
-            progress: show a progress bar with the loss and the batch's log Z estimate.
-            evaluate_every: also estimate log Z with ``eval_samples`` fresh paths of the EMA
-                control every so many steps.
-            checkpoint: file written every ``checkpoint_every`` steps and at the end. With
-                ``resume`` and an existing file from an interrupted run of the same length,
-                training continues where it stopped.
-            cuda_graph: on a CUDA device, capture each training step in a CUDA graph and replay
-                it (recaptured when the step count or clip changes); losses are read and checked
-                every 25 steps and the progress bar shows no batch log Z. Without a CUDA device
-                the same steps run eagerly, with a warning (:mod:`sde_control.graphs`).
+        ``options`` are the fields of :class:`SamplerTraining` (learning rate, schedules, adjoint, evaluation,
+        ``cuda_graph``, ...). With ``checkpoint`` the state is written every ``checkpoint_every`` iterations and at
+        the end; with ``resume``, an existing file of the same run (same sampler, target and settings, apart from
+        :attr:`SamplerTraining.RESUMABLE`) is continued, and a file of another run is refused with the differences
+        named. ``cuda_graph=True`` on a CUDA device replays each step as a captured graph (losses read and checked
+        every ``sync_every`` steps; the progress bar then shows no batch log Z); on a CPU the same deferred checks
+        run with eager steps.
         """
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        if adjoint and loss != "kl":
-            raise ValueError("adjoint=True applies to the KL loss only (the log-variance loss has no path gradient)")
-        if adjoint and self.adjoint_method is None:
+        config = config_from(SamplerTraining, dict(iterations=iterations, batch_size=batch_size, loss=loss, **options))
+        if config.adjoint and self.adjoint_method is None:
             raise ValueError(f"{type(self).__name__} cannot be trained through the adjoint (see its docstring: the "
                              "gradient is unusable on its contracting drift); use adjoint=False")
-        if adjoint and cuda_graph:
-            raise ValueError("cuda_graph=True needs a graph-safe loss: the adjoint solver is not (use adjoint=False)")
-        if cuda_graph and self.device.type != "cuda":
-            warnings.warn("cuda_graph=True without a CUDA device: no graph is captured, the steps run eagerly "
-                          "with the same deferred loss checks", stacklevel=2)
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2, got {batch_size}")
-        schedule = [steps or self.steps] if isinstance(steps, int) or steps is None else list(steps)
-        for n in schedule:
-            time_grid(self.reference.T, n)
-        self.trainer.configure(lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, lr_final=lr_final)
-        if checkpoint is not None and resume and os.path.exists(checkpoint):
-            self.trainer.load_state_dict(torch.load(checkpoint, map_location=self.device, weights_only=False)["trainer"])
-            resume_run = True
-        else:
-            resume_run = False
+        resumed = checkpoint is not None and resume and self.resume_from(checkpoint, config)
+        self.training_config = config
+        trainer = self.trainer
 
         def steps_at(iteration: int) -> int:
-            phase = (iteration - self.trainer.run["start"]) * len(schedule) // self.trainer.run["iterations"]
-            return schedule[min(phase, len(schedule) - 1)]
+            return config.steps_at(iteration - trainer.run["start"], self.steps)
 
         def step_loss(iteration: int) -> tuple[Tensor, dict[str, float]]:
-            self._set_clip(_clip_at(clip_schedule, iteration))
+            self._set_clip(config.clip_at(iteration))
             grid = time_grid(self.reference.T, steps_at(iteration))
-            x0 = self.reference.sample_initial(batch_size, self.device)
-            options = {"adjoint": True, "adjoint_method": self.adjoint_method} if adjoint else {}
-            out = LOSSES[loss](self.target, self.reference, self.control, x0, grid, graph_safe=cuda_graph, **options)
-            if cuda_graph:
+            x0 = self.reference.sample_initial(config.batch_size, self.device)
+            adjoint = {"adjoint": True, "adjoint_method": self.adjoint_method} if config.adjoint else {}
+            out = LOSSES[config.loss](self.target, self.reference, self.control, x0, grid,
+                                      graph_safe=config.cuda_graph, **adjoint)
+            if config.cuda_graph:
                 return out.loss, {}
             batch = LogZEstimate.from_log_weights(out.log_weights)
             return out.loss, {"log_z": batch.log_z, "ess": batch.ess}
 
         def evaluate() -> dict[str, float]:
-            est = self.estimate_log_z(eval_samples, eubo=False)
+            est = self.estimate_log_z(config.eval_samples, eubo=False)
             return {"eval_log_z": est.log_z, "eval_elbo": est.elbo, "eval_ess": est.ess}
 
-        return self.trainer.fit(
-            step_loss,
-            iterations,
-            resume=resume_run,
-            progress=progress,
-            description=f"{type(self).__name__} ({loss})",
-            evaluate=evaluate if evaluate_every else None,
-            evaluate_every=evaluate_every or 1,
+        return trainer.fit(
+            step_loss, config, resume=resumed, description=f"{type(self).__name__} ({config.loss})",
+            evaluate=evaluate if config.evaluate_every else None, evaluate_every=config.evaluate_every,
             checkpoint=None if checkpoint is None else lambda: self.save(checkpoint),
-            checkpoint_every=checkpoint_every,
-            graph_key=(lambda it: (steps_at(it), _clip_at(clip_schedule, it))) if cuda_graph else None,
+            graph_key=lambda it: (steps_at(it), config.clip_at(it)),
         )
 
     def _set_clip(self, value: float) -> None:
@@ -200,31 +245,31 @@ class Sampler:
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def simulate(self, n: int, steps: int | None = None, batch_size: int = 10_000) -> tuple[Tensor, Tensor]:
+    def weighted_samples(self, n: int, steps: int | None = None, batch_size: int = 10_000) -> tuple[Tensor, Tensor]:
         """``n`` samples ``X_T`` of the trained (EMA) control and their log importance weights."""
         grid = time_grid(self.reference.T, steps or self.steps)
         control = self.trainer.averaged
         samples, log_weights = [], []
         for size in _chunks(n, batch_size):
-            path = simulate(control, self.reference, self.reference.sample_initial(size, self.device), grid)
-            samples.append(path.terminal)
-            log_weights.append(log_weight(self.target, self.reference, path))
+            trajectory = simulate_chain(control, self.reference, self.reference.sample_initial(size, self.device), grid)
+            samples.append(trajectory.terminal)
+            log_weights.append(log_weight(self.target, self.reference, trajectory))
         return torch.cat(samples), torch.cat(log_weights)
 
     def sample(self, n: int, steps: int | None = None) -> Tensor:
         """``n`` approximate samples from ``target``, shape (n, dim)."""
-        return self.simulate(n, steps)[0]
+        return self.weighted_samples(n, steps)[0]
 
     @torch.no_grad()
     def estimate_log_z(self, n: int = 10_000, steps: int | None = None, eubo: bool = True) -> LogZEstimate:
         """Importance-sampled log Z, ELBO and ESS from ``n`` paths; the EUBO from ``n`` paths of
         the target-started reference when the target has exact samples (and ``eubo``)."""
-        _, log_weights = self.simulate(n, steps)
+        _, log_weights = self.weighted_samples(n, steps)
         target_log_weights = None
         if eubo and self.target.has_exact_samples:
             grid = time_grid(self.reference.T, steps or self.steps)
             target_log_weights = torch.cat([
-                log_weight(self.target, self.reference, path_from_states(
+                log_weight(self.target, self.reference, trajectory_from_states(
                     self.trainer.averaged, self.reference,
                     reference_paths_from(self.reference, self.target.sample(size).to(self.device), grid), grid))
                 for size in _chunks(n, 10_000)
@@ -232,50 +277,17 @@ class Sampler:
         return LogZEstimate.from_log_weights(log_weights, target_log_weights, self.target.log_Z)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write configuration, target, weights, optimiser state and history to ``path`` (atomically)."""
-        path = FilePath(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"sampler": type(self).__name__, "config": self.config, "target": self.target,
-                 "trainer": self.trainer.state_dict()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainer": self.trainer.state_dict()}
 
-    @classmethod
-    def load(cls, path: str | os.PathLike, target: Target | None = None, map_location: str = "cpu") -> Sampler:
-        """Rebuild a sampler saved by :meth:`save` (with the saved target unless ``target`` is given).
-
-        The file is unpickled (it holds the target object): load only files you trust.
-        """
-        state = torch.load(path, map_location=map_location, weights_only=False)
-        if state["sampler"] != cls.__name__ and cls is not Sampler:
-            raise ValueError(f"{path} holds a {state['sampler']} sampler, not a {cls.__name__}")
-        sampler_cls = {c.__name__: c for c in (PIS, DIS, DDS)}[state["sampler"]]
-        sampler = sampler_cls(target if target is not None else state["target"], **state["config"])
-        sampler.trainer.load_state_dict(state["trainer"])
-        return sampler
-
-
-def _clip_at(schedule: Sequence[tuple[int, float]], iteration: int) -> float:
-    value = schedule[0][1]
-    for start, clip in schedule:
-        if iteration >= start:
-            value = clip
-    return value
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainer.load_state_dict(state["trainer"])
 
 
 def _chunks(n: int, size: int) -> list[int]:
     if n < 1:
         raise ValueError(f"the number of samples must be positive, got {n}")
     return [min(size, n - i) for i in range(0, n, size)]
-
-
-def _target_score(target: Target):
-    def score(x: Tensor, s: Tensor) -> Tensor:
-        return target.score(x)
-
-    return score
 
 
 class DIS(Sampler):
@@ -295,61 +307,21 @@ class DIS(Sampler):
 
     adjoint_method = None
 
-    def __init__(
-        self,
-        target: Target,
-        *,
-        steps: int = 200,
-        beta_min: float = 0.1,
-        beta_max: float = 10.0,
-        T: float = 1.0,
-        integrator: str = "euler",
-        control: str | nn.Module = "score",
-        width: int = 64,
-        depth: int = 4,
-    ):
-        super().__init__(target, dict(steps=steps, beta_min=beta_min, beta_max=beta_max, T=T, integrator=integrator,
-                                      control=control, width=width, depth=depth))
-
-    def _reference(self) -> Reference:
-        c = self.config
-        return TimeReversalReference(VP(c["beta_min"], c["beta_max"], c["T"]), self.target.dim, integrator=c["integrator"])
-
-    def _score_control(self, width: int, depth: int) -> nn.Module:
-        target, reference = self.target, self.reference
-
-        def interpolated_score(x: Tensor, s: Tensor) -> Tensor:
-            prior_score = -(x - like(reference.prior_mean, x)) / reference.prior_std**2
-            return torch.lerp(prior_score, target.score(x), s / reference.T)
-
-        def sigma(s: Tensor) -> Tensor:
-            return reference.diffusion(s)
-
-        return ScoreInformedControl(target.dim, interpolated_score, sigma, weight_bias=1.0, width=width, depth=depth)
+    def __init__(self, target: Target, *, steps: int = 200, beta_min: float = 0.1, beta_max: float = 10.0,
+                 T: float = 1.0, integrator: str = "euler", control: str | nn.Module = "score", width: int = 64,
+                 depth: int = 4):
+        super().__init__(target, lambda dim: TimeReversalReference(VP(beta_min, beta_max, T), dim, integrator=integrator),
+                         InterpolatedScore(), steps=steps, control=control, width=width, depth=depth)
 
 
 class PIS(Sampler):
     r"""Path integral sampler (Zhang & Chen): the reference is ``sigma W`` from the origin
     (``sigma^2 = 0.2``, ``T = 5``); the control's guidance is the target score."""
 
-    def __init__(
-        self,
-        target: Target,
-        *,
-        steps: int = 200,
-        sigma2: float = 0.2,
-        T: float = 5.0,
-        control: str | nn.Module = "score",
-        width: int = 64,
-        depth: int = 4,
-    ):
-        super().__init__(target, dict(steps=steps, sigma2=sigma2, T=T, control=control, width=width, depth=depth))
-
-    def _reference(self) -> Reference:
-        return ForwardReference(ScaledBrownian(self.config["sigma2"], self.config["T"]), self.target.dim, initial_std=0.0)
-
-    def _score_control(self, width: int, depth: int) -> nn.Module:
-        return ScoreInformedControl(self.target.dim, _target_score(self.target), weight_bias=0.01, width=width, depth=depth)
+    def __init__(self, target: Target, *, steps: int = 200, sigma2: float = 0.2, T: float = 5.0,
+                 control: str | nn.Module = "score", width: int = 64, depth: int = 4):
+        super().__init__(target, lambda dim: ForwardReference(ScaledBrownian(sigma2, T), dim, initial_std=0.0),
+                         TargetScore(), steps=steps, control=control, width=width, depth=depth)
 
 
 class DDS(Sampler):
@@ -357,24 +329,9 @@ class DDS(Sampler):
     VP/OU process from ``N(0, I)`` read from noise to data (``beta`` from ``beta_max`` down to
     ``beta_min``), stepped with its exact transition; the guidance is the target score."""
 
-    def __init__(
-        self,
-        target: Target,
-        *,
-        steps: int = 200,
-        beta_min: float = 0.1,
-        beta_max: float = 10.0,
-        T: float = 1.0,
-        control: str | nn.Module = "score",
-        width: int = 64,
-        depth: int = 4,
-    ):
-        super().__init__(target, dict(steps=steps, beta_min=beta_min, beta_max=beta_max, T=T, control=control,
-                                      width=width, depth=depth))
+    def __init__(self, target: Target, *, steps: int = 200, beta_min: float = 0.1, beta_max: float = 10.0,
+                 T: float = 1.0, control: str | nn.Module = "score", width: int = 64, depth: int = 4):
+        super().__init__(target, lambda dim: ForwardReference(VP(beta_min, beta_max, T).time_flipped(), dim,
+                                                              initial_std=1.0),
+                         TargetScore(), steps=steps, control=control, width=width, depth=depth)
 
-    def _reference(self) -> Reference:
-        c = self.config
-        return ForwardReference(VP(c["beta_min"], c["beta_max"], c["T"]).time_flipped(), self.target.dim, initial_std=1.0)
-
-    def _score_control(self, width: int, depth: int) -> nn.Module:
-        return ScoreInformedControl(self.target.dim, _target_score(self.target), weight_bias=0.01, width=width, depth=depth)

@@ -31,8 +31,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .specs import Specified
 
-class LinearSDE(abc.ABC):
+
+class LinearSDE(Specified, abc.ABC):
     """``dZ = F(t) Z dt + G(t) dW`` on ``[0, T]`` with ``K x K`` coefficients (module docstring)."""
 
     T: float
@@ -298,7 +300,8 @@ def check_hurwitz(F: Tensor, what: str = "F") -> None:
     """Raise ``ValueError`` unless every eigenvalue of the ``K x K`` matrix ``F`` has a negative real part.
 
     Only a Hurwitz drift makes the transition forget its start (``Psi = exp(tau F) -> 0``), so that the
-    stationary law of an auxiliary-variable diffusion is also its limit (CONVENTIONS 5).
+    stationary law of an auxiliary-variable diffusion is also its limit (docs/generative.md, section
+    'Multivariate diffusions: CLD and auxiliary variables').
     """
     real = torch.linalg.eigvals(F.detach().double()).real
     if not (real < 0).all():

@@ -12,12 +12,14 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .specs import Specified
+
 
 class TargetError(ValueError):
     """A target returned something a sampler cannot use (wrong shape, NaN, wrong dimension)."""
 
 
-class Target(nn.Module):
+class Target(Specified, nn.Module):
     """Unnormalised density ``rho(x) = Z p(x)`` on R^dim.
 
     Subclasses set ``dim`` (an int) and implement :meth:`log_prob`. They may override
@@ -25,7 +27,9 @@ class Target(nn.Module):
     :meth:`sample` when exact samples are available.
 
     Targets are :class:`torch.nn.Module` objects so that ``target.to(device)`` moves their
-    tensors (register them as buffers) and a trained sampler can be saved with its target.
+    tensors (register them as buffers). A checkpoint names a target by its spec (its class's import path and
+    constructor arguments, :mod:`sde_control.specs`); a target class defined in ``__main__`` has none and is
+    passed back when loading (``DIS.load(path, target=MyTarget())``).
     """
 
     dim: int

@@ -1,52 +1,108 @@
-r"""The log importance weight of a path: the one function every loss and estimator rests on.
+r"""Every weight the library computes: the log importance weight of a simulated trajectory, its running costs,
+and the continuous-time objective of the adjoint.
 
-.. math::  \log w = \log\rho(X_N) + \big[\log p_{ref}(X_{0:N-1}|X_N) - \log q_0(X_{0:N})\big]
-           + \sum_k \log\frac{q_0}{q_u}(X_{k+1}|X_k)
+**Discrete kernel ratio** (``docs/samplers.md``, "The weight in discrete time"): for a trajectory
+``X_0, ..., X_N`` simulated with Gaussian steps ``q_u(X_{k+1}|X_k) = N(A_k X_k + B_k \bar u_k, v_k I)`` and a
+reference with backward kernels ``p_ref(X_k|X_{k+1})``,
 
-(the ratio of discrete path densities, CONVENTIONS.md section 2): ``E[w] = Z`` for any control
-and step count, ``E[log w] <= log Z`` (the ELBO), and ``log w = log Z`` path by path for the
-optimal control in the limit of small steps.
+.. math::  \log w = \log\rho(X_N) + \underbrace{\big[\log p_{ref}(X_{0:N-1}|X_N) - \log q_0(X_{0:N})\big]}_{
+           \text{reference.log\_ratio}} + \sum_k \log\frac{q_0}{q_u}(X_{k+1}|X_k),
+
+so that ``E[w] = Z`` exactly, at any step count and for any control, and ``E[log w] <= log Z`` (the ELBO).
+
+**Running costs**: the last sum is ``C - M`` with, per step, for the control ``u`` that is scored, the control
+``\bar u`` that drove the step (``\bar u = u`` on-policy) and the step's standard normal noise ``\xi_k``,
+
+.. math::  C_k = \frac{B_k^2}{2 v_k}\big(|u_k - \bar u_k|^2 - |\bar u_k|^2\big)
+               = \frac{B_k^2}{2 v_k}\big(|u_k|^2 - 2 u_k\cdot\bar u_k\big), \qquad
+           M_k = \frac{B_k}{\sqrt{v_k}}\, u_k\cdot\xi_k .
+
+On-policy ``C_k = -B_k^2 |u_k|^2 / 2 v_k`` (about ``-1/2 int |u|^2 ds``) and ``M`` is about ``int u . dW``. With
+``\bar u = u.detach()`` (the log-variance loss) ``C`` has the on-policy value and zero gradient, so only ``M``
+carries the gradient; with exploration (``\bar u`` a perturbed control) both do.
+
+**Continuous objective** (the adjoint KL loss, :func:`continuous_objective`):
+``log rho(X_T) + reference.log_ratio_continuous(X_0, X_T) - 1/2 int |u|^2 ds``, the integrand of
+``sdeint_adjoint`` without the mean-zero stochastic integral.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from .controls import Control, on_grid
 from .device import like
-from .integrate import Control, Path, on_grid
 from .references import Reference
 from .target import Target, checked_log_prob
 
 
-def log_weight(target: Target, reference: Reference, path: Path, validate: bool = True) -> Tensor:
-    """``log w`` of each path, shape (batch,); ``validate`` checks the target's output (a host sync)."""
-    log_rho = checked_log_prob(target, path.terminal) if validate else target.log_prob(path.terminal)
-    return log_rho + reference.log_ratio(path.states, path.grid) + path.log_control_ratio
+@dataclass
+class Trajectory:
+    """A simulated trajectory: states (N+1, batch, dim) on ``grid`` and the sums ``C`` and ``M`` (batch,) of its
+    running costs."""
+
+    states: Tensor
+    grid: Tensor
+    control_cost: Tensor
+    noise_cost: Tensor
+
+    @property
+    def log_control_ratio(self) -> Tensor:
+        r"""``\sum_k \log q_0/q_u (X_{k+1}|X_k) = C - M``."""
+        return self.control_cost - self.noise_cost
+
+    @property
+    def terminal(self) -> Tensor:
+        return self.states[-1]
+
+
+def running_costs(u: Tensor, xi: Tensor, c_control: float | Tensor, c_noise: float | Tensor,
+                  behaviour: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""One step's ``(C_k, M_k)`` (module docstring), each of shape (batch,).
+
+    ``c_control = B_k^2 / (2 v_k)``, ``c_noise = B_k / sqrt(v_k)``; ``behaviour`` is the control ``\bar u_k`` that
+    drove the step (``None``: ``u`` itself). ``C`` is written as ``c (|u - \bar u|^2 - |\bar u|^2)``: where the
+    behaviour equals ``u`` in value (``u.detach()``) its first term is exactly zero with zero gradient.
+    """
+    if behaviour is None:
+        control = -c_control * u.square().sum(-1)
+    else:
+        control = c_control * ((u - behaviour).square().sum(-1) - behaviour.square().sum(-1))
+    return control, c_noise * (u * xi).sum(-1)
+
+
+def log_weight(target: Target, reference: Reference, trajectory: Trajectory, validate: bool = True) -> Tensor:
+    """``log w`` of each trajectory, shape (batch,); ``validate`` checks the target's output (a host sync)."""
+    log_rho = checked_log_prob(target, trajectory.terminal) if validate else target.log_prob(trajectory.terminal)
+    return log_rho + reference.log_ratio(trajectory.states, trajectory.grid) + trajectory.log_control_ratio
+
+
+def continuous_objective(target: Target, reference: Reference, x0: Tensor, x_T: Tensor, energy: Tensor) -> Tensor:
+    r"""``log rho(X_T) + reference.log_ratio_continuous(X_0, X_T) - energy`` with ``energy = 1/2 int |u|^2 ds``:
+    the continuous-time weight without its mean-zero stochastic integral (the adjoint KL loss's integrand)."""
+    return checked_log_prob(target, x_T) + reference.log_ratio_continuous(x0, x_T) - energy
 
 
 @torch.no_grad()
-def path_from_states(control: Control, reference: Reference, states: Tensor, grid: Tensor) -> Path:
-    r"""The :class:`Path` of given states (e.g. reference paths started at exact target samples).
-
-    With ``r_k = X_{k+1} - A_k X_k`` and the control evaluated at the states,
-
-    .. math::  \log\frac{q_0}{q_u}(X_{k+1}|X_k) = \frac{B_k^2 |u_k|^2 - 2 B_k u_k \cdot r_k}{2 v_k},
-
-    split like :func:`~sde_control.integrate.simulate`'s on-policy terms, with the noise
-    ``xi_k = (r_k - B_k u_k) / sqrt(v_k)`` that would have produced the states under ``u``.
-    """
-    steps = reference.forward_steps(grid).to(states.dtype)
+def trajectory_from_states(control: Control, reference: Reference, states: Tensor, grid: Tensor) -> Trajectory:
+    r"""The :class:`Trajectory` of given states (e.g. reference paths started at exact target samples), scored
+    on-policy under ``control``: the running costs with the noise ``xi_k = (X_{k+1} - A_k X_k - B_k u_k) / sqrt(v_k)``
+    that would have produced the states under ``u``."""
+    kernels = reference.forward_kernels(grid).to(states.dtype)
     control_at = on_grid(control, like(grid, states))
-    control_term = states.new_zeros(states.shape[1])
-    noise_term = states.new_zeros(states.shape[1])
+    control_cost = states.new_zeros(states.shape[1])
+    noise_cost = states.new_zeros(states.shape[1])
     for k in range(grid.numel() - 1):
-        A, B, v = steps.scale[k], steps.control[k], steps.var[k]
+        A, B, v = kernels.scale[k], kernels.control[k], kernels.var[k]
         u = control_at(states[k], k)
         xi = (states[k + 1] - A * states[k] - B * u) / v.sqrt()
-        control_term -= B**2 / (2 * v) * u.square().sum(-1)
-        noise_term += B / v.sqrt() * (u * xi).sum(-1)
-    return Path(states=states, grid=grid, control_term=control_term, noise_term=noise_term)
+        c, m = running_costs(u, xi, B**2 / (2 * v), B / v.sqrt())
+        control_cost += c
+        noise_cost += m
+    return Trajectory(states=states, grid=grid, control_cost=control_cost, noise_cost=noise_cost)
 
 
 @torch.no_grad()
@@ -56,7 +112,8 @@ def reference_paths_from(reference: Reference, x_terminal: Tensor, grid: Tensor)
     With ``x_terminal`` exact target samples these are paths of the target-started reference
     (for DIS: the noising SDE run from the data), on which ``E[log w]`` is the EUBO.
     """
-    b, c = (like(v, x_terminal) for v in reference.backward_steps(grid))
+    backward = reference.backward_kernels(grid)
+    b, c = like(backward.scale, x_terminal), like(backward.var, x_terminal)
     states = [x_terminal]
     for k in reversed(range(grid.numel() - 1)):
         states.append(b[k] * states[-1] + c[k].sqrt() * torch.randn_like(x_terminal))

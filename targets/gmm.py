@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
+from sde_control.specs import alternative_constructor
 from sde_control.target import Target
 from sde_control.targets.gaussian import as_float, covariance_matrix
 
@@ -71,7 +72,7 @@ class GaussianMixture(Target):
             self.weights.double().log() - 0.5 * (whitened.square().sum(-1) + log_det + self.dim * math.log(2 * math.pi)),
         )
 
-    @classmethod
+    @alternative_constructor
     def gmm40(cls, dim: int = 2) -> GaussianMixture:
         r"""FAB's 40-mode mixture on R^dim: equal weights, means ``(U - 0.5) * 2 * 40`` (so in ``[-40, 40]^dim``)
         with ``U = torch.rand(40, dim, generator=torch.Generator().manual_seed(0))`` drawn in float32 (the same

@@ -16,7 +16,7 @@ def run(script, *args, cwd):
 
 def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
     out = tmp_path / "cells"
-    args = ("--budget", "smoke", "--targets", "gmm,dw5", "--samplers", "dis,pis", "--losses", "lv",
+    args = ("--budget", "smoke", "--targets", "gmm,double_well", "--samplers", "dis,pis", "--losses", "lv",
             "--out", str(out), "--no-results-md", "--jobs", "1")
     first = run("reproduce.py", *args, cwd=tmp_path)
     assert "0 of 4 cells already done" in first

@@ -11,8 +11,8 @@ from hydra import compose, initialize_config_module
 
 from sde_control.generative.cli import run
 
-TINY = ["train.stages=2", "train.score_iterations=3", "train.forward.iterations=2", "train.forward.paths=20",
-        "train.forward.path_steps=5", "model.width=16", "model.depth=2", "held_out=100", "evaluate.steps=[4]",
+TINY = ["train.stages=2", "train.iterations=6", "train.forward_iterations=2", "train.paths=20",
+        "train.path_steps=5", "model.width=16", "model.depth=2", "held_out=100", "evaluate.steps=[4]",
         "evaluate.plot_steps=4", "train.progress=false"]
 
 
@@ -38,7 +38,8 @@ def compose_config(*overrides):
 def test_a_finished_run_is_reused(tmp_path):
     cfg = compose_config("model=vp", "evaluate.method=sde", "data.n=600")
     first = run(cfg, tmp_path)
-    again = run(cfg, tmp_path)
+    with pytest.warns(UserWarning, match="nothing to train"):
+        again = run(cfg, tmp_path)
     assert first["models"]["ScoreModel"]["score_steps"] == again["models"]["ScoreModel"]["score_steps"] == 6
     assert first["rows"][0]["straightness"] is None  # only measured on probability-flow paths
 

@@ -49,5 +49,6 @@ def test_save_load_and_a_finished_checkpoint_is_not_retrained(tmp_path):
     loaded = ScoreModel.load(tmp_path / "m.pt")
     assert loaded.trainer.iteration == 6 and isinstance(loaded.sde, VP)
     torch.testing.assert_close(loaded.sample(20, steps=4, seed=0), model.sample(20, steps=4, seed=0))
-    loaded.fit(x, iterations=6, batch_size=64, progress=False, checkpoint=tmp_path / "m.pt")
+    with pytest.warns(UserWarning, match="nothing to train"):
+        loaded.fit(x, iterations=6, batch_size=64, progress=False, checkpoint=tmp_path / "m.pt")
     assert loaded.trainer.iteration == 6

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from sde_control.checkpoints import CheckpointError
 from sde_control.generative import VSDM, ScoreModel, VSDMForward, data, fit_equal_budget
 from sde_control.generative.sampling import reverse_paths
 from sde_control.generative.score_matching import gaussian_marginal, gaussian_score
@@ -32,7 +33,7 @@ def objective_gradient(sde, X, zeta, times):
 
 def test_forward_objective_has_the_fixed_point_and_the_pull():
     """States from the forward marginals with the exact score: ``E[s x^T] = -I``, so ``dJ/dA = (zeta - 1) int g^2 I``
-    and nothing moves at ``zeta = 1`` (CONVENTIONS 9). States of the backward process started at ``N(0, I)``
+    and nothing moves at ``zeta = 1`` (docs/generative.md, section 'VSDM'). States of the backward process started at ``N(0, I)``
     instead: the gradient pushes ``A`` down along the long axis, i.e. towards more contraction there."""
     sde = VSDMForward(2)
     times = torch.linspace(1.0, 1e-3, 41, **f64)
@@ -52,7 +53,7 @@ def test_forward_objective_has_the_fixed_point_and_the_pull():
 
 @pytest.mark.parametrize("time_dependent", [True, False], ids=["A_t", "A"])
 def test_short_run_moves_A_toward_the_data(time_dependent):
-    """CONVENTIONS 9: the eigenvectors of the time-averaged A lie within 10 degrees of the data's principal axes
+    """docs/generative.md, section 'VSDM': the eigenvectors of the time-averaged A lie within 10 degrees of the data's principal axes
     and the terminal law is closer to the prior than at stage 0; the samples of the default A_t model are no worse
     than stage 0's. (At this tiny budget the single time-invariant A moves less and its samples stay within the
     seed-to-seed scatter of stage 0's, better for some seeds and worse for others, so only A_t is asked to improve
@@ -60,11 +61,11 @@ def test_short_run_moves_A_toward_the_data(time_dependent):
     x = data.anisotropic_gaussian(20_000, std=STD, angle=ANGLE, seed=0)
     test = data.anisotropic_gaussian(2000, std=STD, angle=ANGLE, seed=1)
     model = VSDM(2, time_dependent=time_dependent, width=32, depth=3)
-    options = dict(score_iterations=100, forward_iterations=30, paths=400, path_steps=40, lr=3e-3, progress=False)
-    model.fit(x, stages=1, **options)  # stage 0: the VP score model
+    options = dict(forward_iterations=30, paths=400, path_steps=40, lr=3e-3, progress=False)
+    model.fit(x, 100, stages=1, **options)  # stage 0: the VP score model
     kl0 = model.prior_kl(x)
     w0 = wasserstein2_squared(model.sample(2000, steps=20, seed=0), test) if time_dependent else None
-    model.fit(x, stages=4, **options)
+    model.fit(x, 400, stages=4, **options)  # three more stages of 100
     A = model.sde.time_averaged_A().detach()
     values, vectors = torch.linalg.eigh((A + A.T) / 2)
     angle = math.degrees(math.acos(min(1.0, abs(float(vectors[:, 0] @ MAJOR)))))
@@ -76,18 +77,21 @@ def test_short_run_moves_A_toward_the_data(time_dependent):
 
 def test_save_load_and_resume(tmp_path):
     x = data.moons(2000)
-    options = dict(score_iterations=5, forward_iterations=2, paths=20, path_steps=5, progress=False)
+    options = dict(forward_iterations=2, paths=20, path_steps=5, progress=False)
     model = VSDM(2, time_dependent=True, width=16, depth=2)
-    model.fit(x, stages=2, checkpoint=tmp_path / "vsdm.pt", **options)
+    model.fit(x, 10, stages=2, checkpoint=tmp_path / "vsdm.pt", **options)
     loaded = VSDM.load(tmp_path / "vsdm.pt")
     assert loaded.stage == 2 and loaded.trainer.iteration == 10
     torch.testing.assert_close(loaded.sde.weight, model.sde.weight)
     torch.testing.assert_close(loaded.sample(50, steps=5, seed=1), model.sample(50, steps=5, seed=1))
-    loaded.fit(x, stages=3, checkpoint=tmp_path / "vsdm.pt", **options)  # one more stage only
+    loaded.fit(x, 15, stages=3, checkpoint=tmp_path / "vsdm.pt", **options)  # one more stage only
     assert loaded.stage == 3 and loaded.trainer.iteration == 15 and len(loaded.stages) == 3
     assert ScoreModel.load(tmp_path / "vsdm.pt").stage == 3  # the base class loads the subclass
-    with pytest.raises(ValueError, match="holds a VSDM"):
+    with pytest.raises(CheckpointError, match="holds a VSDM"):
         type("Other", (ScoreModel,), {}).load(tmp_path / "vsdm.pt")
+    with pytest.raises(CheckpointError, match="zeta: 1.0 in the file, 0.5 now"):
+        VSDM(2, time_dependent=True, width=16, depth=2, zeta=0.5).fit(x, 15, stages=3, checkpoint=tmp_path / "vsdm.pt",
+                                                                       **options)
 
 
 def test_equal_budget_gives_the_baseline_the_same_steps_and_schedule():
@@ -95,7 +99,7 @@ def test_equal_budget_gives_the_baseline_the_same_steps_and_schedule():
     vsdm = VSDM(2, width=16, depth=2)
     baseline = vsdm.vp_baseline()
     assert isinstance(baseline, ScoreModel) and not isinstance(baseline, VSDM)
-    options = dict(stages=3, score_iterations=4, lr=1e-3, lr_final=0.1, progress=False)
+    options = dict(iterations=12, stages=3, lr=1e-3, lr_final=0.1, progress=False)
     fit_equal_budget(vsdm, x, forward_iterations=1, paths=10, path_steps=4, **options)
     fit_equal_budget(baseline, x, **options)
     assert [r["lr"] for r in vsdm.history] == pytest.approx([r["lr"] for r in baseline.history])
@@ -107,6 +111,6 @@ def test_bad_data_gets_a_clear_error():
     bad = data.moons(100)
     bad[3, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite entries in 1 of 100 rows"):
-        model.fit(bad, stages=1, score_iterations=1, progress=False)
+        model.fit(bad, 1, stages=1, progress=False)
     with pytest.raises(ValueError, match="3 columns but the model was built for dim=2"):
-        model.fit(torch.zeros(100, 3), stages=1, score_iterations=1, progress=False)
+        model.fit(torch.zeros(100, 3), 1, stages=1, progress=False)

@@ -7,7 +7,7 @@ import torch
 
 from sde_control.brownian import GridBrownian
 from sde_control.controls import ControlMLP
-from sde_control.integrate import simulate, simulate_continuous, solve
+from sde_control.integrate import simulate_chain, simulate_continuous, solve
 from sde_control.references import ForwardReference, TimeReversalReference, time_grid
 from sde_control.sdes import VP, ScaledBrownian
 
@@ -35,10 +35,10 @@ def test_torchsde_path_equals_hand_written_loop(name):
     grid = time_grid(reference.T, steps)
     x0 = reference.sample_initial(batch).double()
     with torch.no_grad():
-        path = simulate(control, reference, x0, grid, seed=7)
+        path = simulate_chain(control, reference, x0, grid, seed=7)
 
         bm = GridBrownian((batch, dim), seed=7, dtype=torch.float64)
-        coef = reference.forward_steps(grid)
+        coef = reference.forward_kernels(grid)
         x, control_term, noise_term = x0, torch.zeros(batch, dtype=torch.float64), torch.zeros(batch, dtype=torch.float64)
         states = [x]
         for k in range(steps):
@@ -49,8 +49,8 @@ def test_torchsde_path_equals_hand_written_loop(name):
             noise_term += B / v.sqrt() * (u * xi).sum(-1)
             states.append(x)
     torch.testing.assert_close(path.states, torch.stack(states), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(path.control_term, control_term, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(path.noise_term, noise_term, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(path.control_cost, control_term, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(path.noise_cost, noise_term, rtol=1e-10, atol=1e-12)
 
 
 def adjoint_and_backprop_gradients(method, steps, seed=3):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sde_control.controls import ControlMLP
-from sde_control.integrate import simulate
+from sde_control.integrate import simulate_chain
 from sde_control.losses import kl_loss, log_variance_loss
 from sde_control.references import ForwardReference, TimeReversalReference, time_grid
 from sde_control.sdes import VP, ScaledBrownian
@@ -39,9 +39,9 @@ def test_log_variance_gradient_is_that_of_the_variance_with_the_path_detached():
 
     torch.manual_seed(1)
     with torch.no_grad():
-        states = simulate(control, reference, x0, grid).states  # same seed: same path
+        states = simulate_chain(control, reference, x0, grid).states  # same seed: same path
     control.zero_grad()
-    steps = reference.forward_steps(grid)
+    steps = reference.forward_kernels(grid)
     log_w = TARGET.log_prob(states[-1]) + reference.log_ratio(states, grid)
     for k in range(20):
         u = control(states[k], grid[k])
@@ -59,8 +59,8 @@ def test_off_policy_weight_equals_on_policy_weight_at_u_equals_v():
     grid = time_grid(reference.T, 30)
     x0 = reference.sample_initial(128).double()
     with torch.no_grad():
-        on = log_weight(TARGET, reference, simulate(control, reference, x0, grid, seed=5))
-        off = log_weight(TARGET, reference, simulate(control, reference, x0, grid, seed=5, detach_drift=True))
+        on = log_weight(TARGET, reference, simulate_chain(control, reference, x0, grid, seed=5))
+        off = log_weight(TARGET, reference, simulate_chain(control, reference, x0, grid, seed=5, detach_drift=True))
     torch.testing.assert_close(on, off, rtol=1e-12, atol=1e-12)
 
 

@@ -5,7 +5,10 @@ import torch
 from torch import nn
 
 from sde_control import DDS, DIS, PIS, TargetError, TrainingDivergedError
+from sde_control import checkpoints
 from sde_control import losses as losses_module
+from sde_control.checkpoints import CheckpointError
+from sde_control.specs import spec_of
 from sde_control.targets import Gaussian, Target
 
 GAUSSIAN = Gaussian(torch.tensor([1.0, -0.5]), 0.3, log_Z=0.7)
@@ -80,7 +83,7 @@ def test_nan_from_target_mid_training_stops_and_keeps_last_checkpoint(tmp_path):
     target.after = target.calls  # every later call returns NaN
     with pytest.raises(TargetError, match="returned nan"):
         sampler.fit(6, batch_size=16, checkpoint=path, checkpoint_every=2, progress=False, resume=False)
-    saved = torch.load(path, weights_only=False)["trainer"]
+    saved = checkpoints.load(path)["state"]["trainer"]
     assert saved["iteration"] == 4
     assert all(torch.isfinite(p).all() for p in saved["module"].values())
 
@@ -111,13 +114,14 @@ def test_save_load_round_trip(cls, tmp_path):
     sampler.fit(3, batch_size=32, progress=False)
     sampler.save(tmp_path / "s.pt")
     loaded = cls.load(tmp_path / "s.pt")
-    assert loaded.config == sampler.config and loaded.trainer.iteration == 3
+    assert checkpoints.differences(spec_of(loaded).as_data(), spec_of(sampler).as_data()) == []
+    assert loaded.trainer.iteration == 3
     torch.manual_seed(1)
     a = sampler.sample(50)
     torch.manual_seed(1)
     b = loaded.sample(50)
     torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="holds a"):
+    with pytest.raises(CheckpointError, match="holds a"):
         (PIS if cls is not PIS else DIS).load(tmp_path / "s.pt")
 
 
@@ -146,7 +150,7 @@ def test_short_training_on_the_gmm_finds_every_mode():
     """DIS with the log-variance loss on the 9-mode GMM, about 15 s.
 
     Bound: a sampler that drops one of the nine equal modes underestimates log Z by
-    log(9/8) = 0.118 (CONVENTIONS.md section 5); with ESS >= 0.1 and 4000 paths the standard
+    log(9/8) = 0.118 (docs/targets.md, section 'GMM-9'); with ESS >= 0.1 and 4000 paths the standard
     error of the estimate is below sqrt(9 / 4000) = 0.05, so an error under 0.118 is a real
     signal. The ELBO (minus the KL) must improve. No mode is dropped: each holds at least 1 % of
     the raw samples, and the importance-weighted shares of 10,000 paths are 1/9 each within 0.06
@@ -167,7 +171,7 @@ def test_short_training_on_the_gmm_finds_every_mode():
     assert after.error < 0.118
     from sde_control.metrics import mode_fractions
 
-    samples, log_weights = sampler.simulate(10_000)
+    samples, log_weights = sampler.weighted_samples(10_000)
     assert (mode_fractions(samples, target.means) > 0.01).all()
     shares = mode_fractions(samples, target.means, weights=torch.softmax(log_weights.double(), 0))
     assert (shares - 1 / 9).abs().max() < 0.06, shares
@@ -229,3 +233,77 @@ def test_adjoint_kl_loss_matches_backpropagation(cls):
     continuous = kl_loss(*args, adjoint=True, adjoint_method=sampler.adjoint_method).log_weights
     standard_error = (discrete.var() / discrete.numel() + continuous.var() / continuous.numel()).sqrt()
     assert abs(discrete.mean() - continuous.mean()) < 4 * standard_error + 0.15
+
+
+# ---------------------------------------------------------------------- checkpoints that cannot be mixed up
+class Banana(Target):
+    """A target class defined where a checkpoint cannot name it (a test module is importable, so pretend)."""
+
+    dim = 2
+
+    def log_prob(self, x):
+        return -0.5 * (x[:, 0] ** 2 / 4 + (x[:, 1] - x[:, 0] ** 2 / 4) ** 2)
+
+
+def test_checkpoints_hold_data_only_and_name_their_target(tmp_path):
+    from sde_control.targets import GaussianMixture
+
+    sampler = DIS(GaussianMixture.gmm40(dim=2), steps=4, width=8, depth=2)
+    sampler.save(tmp_path / "gmm40.pt")
+    data = torch.load(tmp_path / "gmm40.pt", weights_only=True)  # nothing to unpickle
+    target = data["spec"]["__spec__"]["kwargs"]["target"]["__spec__"]
+    assert target == {"factory": "sde_control.targets.gmm:GaussianMixture.gmm40", "kwargs": {"dim": 2}}
+    loaded = DIS.load(tmp_path / "gmm40.pt")
+    torch.testing.assert_close(loaded.target.means, sampler.target.means)
+
+
+def test_a_target_without_spec_is_passed_back_when_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(Banana, "__module__", "__main__")  # as if defined in a script
+    sampler = PIS(Banana(), steps=4, width=8, depth=2)
+    sampler.save(tmp_path / "banana.pt")
+    with pytest.raises(CheckpointError, match=r"target \(a __main__.*Banana, which has no spec\).*target=\.\.\."):
+        PIS.load(tmp_path / "banana.pt")
+    assert isinstance(PIS.load(tmp_path / "banana.pt", target=Banana()).target, Banana)
+
+
+def test_resuming_another_run_names_the_differences(tmp_path):
+    path = tmp_path / "run.pt"
+    PIS(GAUSSIAN, steps=8, width=16, depth=3).fit(2, batch_size=16, checkpoint=path, progress=False)
+    with pytest.raises(CheckpointError, match=r"(?s)holds another run.*model.*DIS"):
+        DIS(GAUSSIAN, steps=8, width=16, depth=3).fit(2, batch_size=16, checkpoint=path, progress=False)
+    with pytest.raises(CheckpointError, match=r"(?s)steps: 8 in the file, 6 now"):
+        PIS(GAUSSIAN, steps=6, width=16, depth=3).fit(2, batch_size=16, checkpoint=path, progress=False)
+    with pytest.raises(CheckpointError, match=r"(?s)training.lr: 0.005 in the file, 0.001 now"):
+        PIS(GAUSSIAN, steps=8, width=16, depth=3).fit(2, batch_size=16, lr=1e-3, checkpoint=path, progress=False)
+    other_target = Gaussian(torch.tensor([0.0, 0.0]), 0.3, log_Z=0.7)
+    with pytest.raises(CheckpointError, match=r"(?s)target.*mean: a different tensor"):
+        PIS(other_target, steps=8, width=16, depth=3).fit(2, batch_size=16, checkpoint=path, progress=False)
+    # What a resume may change: the length (extending the run), progress and cadences.
+    extended = PIS(GAUSSIAN, steps=8, width=16, depth=3)
+    extended.fit(5, batch_size=16, checkpoint=path, checkpoint_every=1, progress=True)
+    assert extended.trainer.iteration == 5 and [r["iteration"] for r in extended.history] == [1, 2, 3, 4, 5]
+
+
+def test_corrupt_or_truncated_checkpoints_fail_clearly_and_failed_saves_keep_the_good_file(tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    sampler = PIS(GAUSSIAN, steps=8, width=16, depth=3)
+    sampler.fit(2, batch_size=16, checkpoint=path, progress=False)
+    good = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        PIS.load(tmp_path / "truncated.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        PIS(GAUSSIAN, steps=8, width=16, depth=3).fit(2, checkpoint=tmp_path / "garbage.pt", progress=False)
+    torch.save({"trainer": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of this library's format"):
+        PIS.load(tmp_path / "old.pt")
+
+    def disk_full(obj, file, *args, **kwargs):
+        file.write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        sampler.save(path)
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,4 +1,4 @@
-"""The log-weight pinned by analytic optimal controls on a Gaussian target (DESIGN.md section 2).
+"""The log-weight pinned by analytic optimal controls on a Gaussian target (docs/samplers.md, section 'The discrete-time weight').
 
 For ``rho = Z N(m, s2 I)`` the optimal control of every reference is known in closed form. With
 it, ``log w`` equals ``log h(X_0)`` path by path in the limit of small steps, where ``h(x) =
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from sde_control.estimators import LogZEstimate
-from sde_control.integrate import simulate
+from sde_control.integrate import simulate_chain
 from sde_control.references import ForwardReference, TimeReversalReference, time_grid
 from sde_control.sdes import VP, ScaledBrownian
-from sde_control.weights import log_weight, path_from_states, reference_paths_from
+from sde_control.weights import log_weight, trajectory_from_states, reference_paths_from
 from sde_control.targets import Gaussian
 
 MEAN, S2, LOG_Z = torch.tensor([1.0, -0.5]), 0.3, 0.7
@@ -81,7 +81,7 @@ def test_optimal_control_gives_constant_weights(name):
     for steps in step_counts:
         grid = time_grid(reference.T, steps)
         with torch.no_grad():
-            path = simulate(control, reference, reference.sample_initial(n), grid, seed=steps)
+            path = simulate_chain(control, reference, reference.sample_initial(n), grid, seed=steps)
             log_w = log_weight(TARGET, reference, path)
         est = LogZEstimate.from_log_weights(log_w)
         # Delta method: the relative variance of the normalised weights is 1/ESS - 1.
@@ -90,7 +90,7 @@ def test_optimal_control_gives_constant_weights(name):
         residual = log_w - log_h0(path.states[0])
         spreads.append(float(residual.std()))
         # Flipping the sign of the noise term keeps the mean but inflates the spread.
-        flipped = residual + 2 * path.noise_term
+        flipped = residual + 2 * path.noise_cost
         assert float(flipped.std()) > 5 * spreads[-1]
     assert spreads[0] > spreads[1] > spreads[2]
     assert spreads[2] < spreads[0] / 2.5  # steps grow 16-fold; the spread falls like sqrt(h) or faster
@@ -105,9 +105,9 @@ def test_elbo_and_eubo_sandwich_log_z(name):
     grid = time_grid(reference.T, step_counts[-1])
     n = 2000
     with torch.no_grad():
-        model_log_w = log_weight(TARGET, reference, simulate(control, reference, reference.sample_initial(n), grid))
+        model_log_w = log_weight(TARGET, reference, simulate_chain(control, reference, reference.sample_initial(n), grid))
     states = reference_paths_from(reference, TARGET.sample(n), grid)
-    target_log_w = log_weight(TARGET, reference, path_from_states(control, reference, states, grid))
+    target_log_w = log_weight(TARGET, reference, trajectory_from_states(control, reference, states, grid))
     est = LogZEstimate.from_log_weights(model_log_w, target_log_w)
     # Three standard errors of each mean (spreads below 0.3, n = 2000: under 0.02).
     assert est.elbo < LOG_Z + 3 * float(model_log_w.std()) / math.sqrt(n)
