@@ -32,7 +32,7 @@ def test_log_Z_matches_independent_1d_quadrature(dim):
 def test_log_Z_32_is_the_conventions_value():
     target = ManyWell()
     assert target.dim == 32
-    assert math.exp(target.log_z_x) == pytest.approx(11784.50927, rel=1e-9)  # CONVENTIONS: z_x = 11784.50927
+    assert math.exp(target.log_z_x) == pytest.approx(11784.50927, rel=1e-9)  # FAB's convention: z_x = 11784.50927
     assert target.log_Z == pytest.approx(164.696, abs=5e-4)  # given there to 3 decimals
 
 
