@@ -13,7 +13,7 @@ law of the noised target at ``t = T``, ``N(a_T m, (a_T^2 s2 + gamma_T) I)``; the
     u*(x, s) = sigma(s) grad log p_{T-s}(x),   p_t = N(a_t m, (a_t^2 s2 + gamma_t) I),
 
 (``a_t = exp(-int_0^t beta / 2)``, ``gamma_t = 1 - a_t^2``). On the same simulated paths
-(:func:`sde_control.integrate.simulate`), two log-weights:
+(:func:`sde_control.integrate.simulate_chain`), two log-weights:
 
 * the kernel ratio, :func:`sde_control.weights.log_weight` (Euler steps against the exact VP backward kernel),
   for which ``E[w] = Z`` at every step count;
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table  # noqa: E402
 
 from sde_control.estimators import effective_sample_size, importance_log_z  # noqa: E402
-from sde_control.integrate import simulate  # noqa: E402
+from sde_control.integrate import simulate_chain  # noqa: E402
 from sde_control.references import TimeReversalReference, time_grid  # noqa: E402
 from sde_control.sdes import VP  # noqa: E402
 from sde_control.targets import Gaussian  # noqa: E402
@@ -74,13 +74,13 @@ def optimal_setting(vp: VP) -> tuple[Gaussian, TimeReversalReference, Control]:
 def naive_continuous_log_weight(target: Gaussian, reference: TimeReversalReference, control: Control,
                                 states: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """The continuous-time DIS weight by left-point sums on the states (N+1, batch, d) of an Euler path."""
-    steps = reference.forward_steps(grid)
+    kernels = reference.forward_kernels(grid)
     s, h = grid[:-1], grid.diff()
     sigma, m = reference.diffusion(s), reference.drift_coefficient(s)
     log_w = target.log_prob(states[-1]) - reference.log_initial(states[0]) + DIM * float((m * h).sum())
     for k in range(grid.numel() - 1):
         u = control(states[k], grid[k])
-        dW = (states[k + 1] - steps.scale[k] * states[k] - steps.control[k] * u) / sigma[k]
+        dW = (states[k + 1] - kernels.scale[k] * states[k] - kernels.control[k] * u) / sigma[k]
         log_w = log_w - 0.5 * float(h[k]) * u.square().sum(-1) - (u * dW).sum(-1)
     return log_w
 
@@ -93,7 +93,7 @@ def measure(paths: int, steps: int, seed: int) -> dict[str, float]:
     with torch.no_grad():
         for i, start in enumerate(range(0, paths, CHUNK)):
             x0 = reference.sample_initial(min(CHUNK, paths - start)).double()
-            path = simulate(control, reference, x0, grid, seed=seed * 1000 + i)
+            path = simulate_chain(control, reference, x0, grid, seed=seed * 1000 + i)
             kernel.append(log_weight(target, reference, path))
             continuous.append(naive_continuous_log_weight(target, reference, control, path.states, grid))
     kernel, continuous = torch.cat(kernel), torch.cat(continuous)
