@@ -40,3 +40,8 @@ def test_gpu_accuracy_smoke_runs_without_a_gpu(tmp_path):
 def test_adjoint_accuracy_smoke(tmp_path):
     text = run("adjoint_accuracy.py", "--smoke", cwd=tmp_path)
     assert "| DIS | Funnel | 16 |" in text and "| PIS | GaussianMixture | 8 |" in text
+
+
+def test_timeseries_smoke(tmp_path):
+    text = run("timeseries.py", "--smoke", cwd=tmp_path)
+    assert "## macrodata" in text and "| Naive (last value" in text and "| VAR (statsmodels" in text
