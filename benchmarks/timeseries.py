@@ -64,11 +64,18 @@ DATASETS: dict[str, Callable[[Path | None], ForecastDataset]] = {
 }
 DEFAULT_CONTEXT = {"macrodata": 16}  # otherwise the prediction length
 
+
+def naive(dataset: ForecastDataset, context_length: int, seed: int, budget: dict[str, Any]) -> NaiveBootstrap:
+    return NaiveBootstrap(dataset.prediction_length).fit(dataset.train)
+
+
+def var(dataset: ForecastDataset, context_length: int, seed: int, budget: dict[str, Any]) -> GaussianVAR:
+    return GaussianVAR(dataset.prediction_length).fit(dataset.train)
+
+
 MODELS: dict[str, tuple[str, Callable[..., Any]]] = {
-    "naive": ("Naive (last value + bootstrapped changes)",
-              lambda dataset, context_length, seed, budget: NaiveBootstrap(dataset.prediction_length).fit(dataset.train)),
-    "var": ("VAR (statsmodels, AIC order; ridge VAR(1) above 150 series)",
-            lambda dataset, context_length, seed, budget: GaussianVAR(dataset.prediction_length).fit(dataset.train)),
+    "naive": ("Naive (last value + bootstrapped changes)", naive),
+    "var": ("VAR (statsmodels, AIC order; ridge VAR(1) above 150 series)", var),
 }
 
 # CRPS-sum as quoted in issue 14 from TimeGrad's Table 1 (Rasul et al., ICML 2021), read second-hand.
@@ -92,6 +99,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     samples = model.forecast(context, num_samples=cell["samples"], seed=cell["seed"])
     result = {"fit_time_s": fit_time, "forecast_time_s": time.perf_counter() - started,
+              "order": getattr(model, "order", None),
               "crps_sum": crps_sum(samples, future), "crps": crps(samples, future),
               "energy_score": energy_score(samples, future),
               "crps_sum_per_window": [crps_sum(samples[b:b + 1], future[b:b + 1]) for b in range(len(future))],
@@ -109,6 +117,8 @@ def table(results: list[dict[str, Any]], data: str) -> str:
         cells = [r for r in results if r["model"] == model]
         if cells:
             first = min(cells, key=lambda r: r["seed"])
+            orders = sorted({c["order"] for c in cells if c.get("order") is not None})
+            name += f" (order {', '.join(map(str, orders))})" if orders else ""
             rows.append([name, mean_std(c["crps_sum"] for c in cells), mean_std(c["crps"] for c in cells),
                          mean_std(c["energy_score"] for c in cells),
                          ", ".join(f"{v:.4f}" for v in first["crps_sum_per_window"]),

@@ -38,7 +38,7 @@ from sde_control.controls import TimeNetwork
 
 
 class ContextEncoder(nn.Module):
-    """``LSTM(D -> hidden, layers)`` over the context ``(B, C, D)``; returns the last top-layer state ``(B, hidden)``."""
+    """``LSTM(D -> hidden, layers)`` over a context ``(B, C, D)``; returns its last top-layer state ``(B, hidden)``."""
 
     def __init__(self, dim: int, hidden_size: int = 64, num_layers: int = 2, dropout: float = 0.0):
         super().__init__()

@@ -32,8 +32,8 @@ def test_windows_are_pooled_not_averaged():
     """sum of quantile losses over windows / sum of |target|, which differs from the mean of per-window scores."""
     generator = torch.Generator().manual_seed(0)
     target = torch.tensor([[[1.0, 2.0]], [[100.0, 50.0]]], **f64)  # (B=2, P=1, D=2), windows of different size
-    samples = target[:, None] + torch.randn(2, 50, 1, 2, generator=generator, **f64) * torch.tensor([1.0, 20.0],
-                                                                                                   **f64)[:, None, None, None]
+    spread = torch.tensor([1.0, 20.0], **f64)[:, None, None, None]
+    samples = target[:, None] + spread * torch.randn(2, 50, 1, 2, generator=generator, **f64)
     pooled = crps_sum(samples, target)
     per_window = [crps_sum(samples[b:b + 1], target[b:b + 1]) for b in range(2)]
     weights = target.sum(-1).abs().flatten()
