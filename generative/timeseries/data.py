@@ -73,7 +73,7 @@ def validate_series(x: ArrayLike, name: str = "series", dim: int | None = None) 
     return t.float()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors inside: identity, not elementwise ==
 class ForecastDataset:
     """A series ``(T, D)`` cut by a protocol: training rows ``[0, train_end)``, test windows
     ``[start, start + prediction_length)`` for each of ``test_starts``, all at or after ``train_end``."""
