@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"  # data the examples name by file
 
 SMALLER = {  # the README's sizes -> test sizes; every example must use only sizes listed here
     "iterations=5000, batch_size=512": "iterations=3, batch_size=32",
@@ -36,6 +37,10 @@ def shrink(code: str) -> str:
 def test_readme_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = shrink(python_blocks()[index])
+    for name in re.findall(r'"([\w.]+\.(?:gz|csv))"', code):
+        if not (SHARED_DATA / name).is_file():
+            pytest.skip(f"the example reads {name}, which is not in {SHARED_DATA.resolve()}")
+        code = code.replace(f'"{name}"', repr(str((SHARED_DATA / name).resolve())))
     namespace: dict = {"__name__": "__main__"}  # a script: its classes live in __main__, as a user's would
     exec(compile(code, f"README.md example {index + 1}", "exec"), namespace)
     written = [p.name for p in tmp_path.iterdir()]

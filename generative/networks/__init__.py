@@ -1,9 +1,12 @@
 """Networks of the generative models: noise predictions ``eps(x, t)``.
 
 Vectors (2-d points and other low-dimensional data) use the core's Fourier-feature MLP,
-:class:`~sde_control.controls.ControlMLP`, re-exported here as :class:`MLP`.
+:class:`~sde_control.controls.ControlMLP`, re-exported here as :class:`MLP`. Forecast windows conditioned on a
+context use :class:`~.timeseries.ContextDenoiser` (``eps(x, t, context)``).
 """
 
 from sde_control.controls import ControlMLP as MLP
 
-__all__ = ["MLP"]
+from .timeseries import ContextDenoiser
+
+__all__ = ["MLP", "ContextDenoiser"]

@@ -50,3 +50,8 @@ def test_discretisation_bias_smoke(tmp_path):
     # The naive continuous form overestimates log Z by several tenths at 10 and 20 steps (0.75, 0.42 at seed 0),
     # far beyond its Monte Carlo error; the kernel ratio's estimate is unbiased.
     assert all(float(row.split("|")[2]) > 0.2 for row in rows)
+
+
+def test_timeseries_smoke(tmp_path):
+    text = run("timeseries.py", "--smoke", cwd=tmp_path)
+    assert "## macrodata" in text and "| Naive (last value" in text and "| VAR (statsmodels" in text
