@@ -36,10 +36,12 @@ def sample_times(n: int, T: float, t_min: float, generator: torch.Generator | No
     return t_min + (T - t_min) * torch.rand(n, dtype=torch.float64, generator=generator)
 
 
-def dsm_loss(network: nn.Module, sde: LinearSDE, x0: Tensor, t_min: float) -> Tensor:
+def dsm_loss(network: nn.Module, sde: LinearSDE, x0: Tensor, t_min: float, condition: Tensor | None = None) -> Tensor:
     r"""One Monte Carlo estimate of :math:`\mathcal L` (module docstring) on the batch ``x0`` (n, d).
 
-    The transitions are computed without gradient (the forward process is frozen while the score is fitted).
+    ``condition`` (one row per sample, e.g. the context window of a forecast) is passed to the network as its third
+    argument, ``network(x_t, t, condition)``: the conditional score of ``x_0`` given it. The transitions are computed
+    without gradient (the forward process is frozen while the score is fitted).
     """
     t = sample_times(x0.shape[0], sde.T, t_min).to(x0.device)
     with torch.no_grad():
@@ -47,7 +49,8 @@ def dsm_loss(network: nn.Module, sde: LinearSDE, x0: Tensor, t_min: float) -> Te
         chol = torch.linalg.cholesky(sigma)
     eps = torch.randn_like(x0)
     xt = blockwise(psi, x0) + blockwise(chol, eps)
-    return (network(xt, t.to(x0.dtype)) - eps).square().sum(-1).mean()
+    eps_hat = network(xt, t.to(x0.dtype)) if condition is None else network(xt, t.to(x0.dtype), condition)
+    return (eps_hat - eps).square().sum(-1).mean()
 
 
 def noise_to_score(sde: LinearSDE, eps_hat: Tensor, t: Tensor) -> Tensor:

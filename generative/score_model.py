@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,13 @@ from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 from .data import validate
 from .sampling import reverse_paths
 from .score_matching import dsm_loss, gaussian_marginal, noise_to_score
+
+
+class BatchSource(Protocol):
+    """Training data drawn batch by batch: ``sample(batch_size)`` returns the batch ``x0`` (batch_size, dim), or the
+    pair ``(x0, condition)`` for a conditional model (e.g. forecast windows and their contexts)."""
+
+    def sample(self, batch_size: int) -> Tensor | tuple[Tensor, Tensor]: ...
 
 
 @dataclass
@@ -83,21 +90,27 @@ class ScoreModel(Checkpointable):
         return self.trainer.history
 
     # ------------------------------------------------------------------ training
-    def loss(self, x0: Tensor, network: nn.Module | None = None) -> Tensor:
-        """The DSM loss on the batch ``x0`` for ``network`` (default: the one being trained)."""
-        return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min)
+    def loss(self, x0: Tensor, network: nn.Module | None = None, condition: Tensor | None = None) -> Tensor:
+        """The DSM loss on the batch ``x0`` for ``network`` (default: the one being trained), conditioned on
+        ``condition`` where the model is conditional."""
+        return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min, condition)
 
-    def _batch_loss(self, x: Tensor, batch_size: int) -> LossFn:
-        """The DSM loss on a fresh random batch of ``x`` per step."""
+    def _batch_loss(self, data: Tensor | BatchSource, batch_size: int) -> LossFn:
+        """The DSM loss on a fresh batch per step: random rows of a tensor, or a :class:`BatchSource`'s draw."""
 
         def step(iteration: int) -> tuple[Tensor, dict[str, float]]:
-            return self.loss(x[torch.randint(0, x.shape[0], (batch_size,))]), {}
+            if isinstance(data, Tensor):
+                return self.loss(data[torch.randint(0, data.shape[0], (batch_size,))]), {}
+            batch = data.sample(batch_size)
+            x0, condition = batch if isinstance(batch, tuple) else (batch, None)
+            return self.loss(x0.to(self.device), condition=None if condition is None else condition.to(self.device)), {}
 
         return step
 
-    def fit(self, x: Tensor, iterations: int = 10_000, batch_size: int = 512, *,
+    def fit(self, x: Tensor | BatchSource, iterations: int = 10_000, batch_size: int = 512, *,
             checkpoint: str | os.PathLike | None = None, resume: bool = True, **options: Any) -> list[dict[str, Any]]:
-        """Fit the score to the data ``x`` (n, dim) by ``iterations`` Adam steps on batches of ``batch_size``.
+        """Fit the score to the data ``x`` (n, dim) by ``iterations`` Adam steps on batches of ``batch_size``; ``x``
+        may also be a :class:`BatchSource` (batches drawn by the caller's code, e.g. windows with their contexts).
 
         ``options`` are the fields of :class:`ScoreTraining` (the learning rate decays stepwise from ``lr`` to
         ``lr * lr_final`` every ``lr_every`` steps). With ``checkpoint`` the state is saved every
@@ -105,7 +118,8 @@ class ScoreModel(Checkpointable):
         and one of another run refused with the differences named. Returns the training history.
         """
         config = config_from(ScoreTraining, dict(iterations=iterations, batch_size=batch_size, **options))
-        x = validate(x, dim=self.dim).to(self.device)
+        if isinstance(x, Tensor) or not hasattr(x, "sample"):
+            x = validate(x, dim=self.dim).to(self.device)
         resumed = checkpoint is not None and resume and self.resume_from(checkpoint, config)
         self.training_config = config
         return self.trainer.fit(
@@ -119,22 +133,30 @@ class ScoreModel(Checkpointable):
     def device(self) -> torch.device:
         return next(self.network.parameters(), torch.empty(0)).device
 
-    def score(self, x: Tensor, t: Tensor) -> Tensor:
-        """``s(x, t) = -L_t^{-T} eps_hat(x, t)`` of the averaged (EMA) network at noising times ``t``."""
+    def score(self, x: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
+        """``s(x, t) = -L_t^{-T} eps_hat(x, t)`` of the averaged (EMA) network at noising times ``t`` (given
+        ``condition``, one row per row of ``x``, where the model is conditional)."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        return noise_to_score(self.sde, self.trainer.averaged(x, t.to(x.dtype)), t)
+        network = self.trainer.averaged
+        eps_hat = network(x, t.to(x.dtype)) if condition is None else network(x, t.to(x.dtype), condition)
+        return noise_to_score(self.sde, eps_hat, t)
 
     @torch.no_grad()
     def sample(self, n: int, steps: int = 50, *, method: str = "ode", solver: str = "euler",
-               return_paths: bool = False, seed: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+               return_paths: bool = False, seed: int | None = None,
+               condition: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """``n`` samples (n, dim) from the prior ``N(0, I)`` at ``t = T`` by ``steps`` steps of the
         probability-flow ODE (``method="ode"``) or the reverse SDE (``"sde"``), down to ``t_min``; with
-        ``return_paths`` also the paths (steps + 1, n, dim). ``seed`` fixes prior draw and noise."""
+        ``return_paths`` also the paths (steps + 1, n, dim). ``seed`` fixes prior draw and noise. A conditional
+        model takes ``condition`` with one row per sample (repeat a context to draw several samples of it)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"the number of samples must be a positive int, got {n!r}")
+        if condition is not None and condition.shape[0] != n:
+            raise ValueError(f"condition must have one row per sample ({n}), got shape {tuple(condition.shape)}")
         generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
         x_T = torch.randn(n, self.dim, generator=generator, device=self.device)
-        paths = reverse_paths(self.sde, self.score, x_T, steps, self.t_min, method=method, solver=solver, seed=seed)
+        score = self.score if condition is None else lambda x, t: self.score(x, t, condition)
+        paths = reverse_paths(self.sde, score, x_T, steps, self.t_min, method=method, solver=solver, seed=seed)
         return (paths[-1], paths) if return_paths else paths[-1]
 
     @torch.no_grad()
