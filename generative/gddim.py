@@ -1,7 +1,8 @@
 r"""gDDIM: the exponential integrator of Zhang, Tao, Chen (ICLR 2023) for any linear forward diffusion.
 
 Forward SDE ``du = F u dt + G dW`` in noising time (augmented state allowed, :mod:`.augmented`), with ``S_t`` the
-covariance of ``u_t`` given the data (``S_t = Psi_t Sigma_0 Psi_t^T + Sigma_t``, :func:`.augmented.conditional_moments`).
+covariance of ``u_t`` given the data (``S_t = Psi_t Sigma_0 Psi_t^T + Sigma_t``,
+:func:`.augmented.conditional_moments`).
 
 **The R parameterisation.** Write the score as ``s(u, t) = -R_t^{-T} eps(u, t)`` with
 
@@ -247,9 +248,9 @@ def gddim_sample(sde: LinearSDE, score: Score, x_T: Tensor, steps: int, *, order
 
     ``score(u, t)`` is the model's score (``t`` a 0-dim float64 noising time); ``eps = -R_t^T s`` is formed
     inside. ``order`` 1-3 (multistep, lower in the first steps; lam = 0), ``lam >= 0`` (0: the probability-flow
-    sampler; > 0: the one-step stochastic one), ``corrector`` (lam = 0: two score evaluations per step). The grid is :func:`time_grid` (quadratic) unless
-    ``times`` is given. Returns the state at ``t_min`` (n, D), and with ``return_path`` also the states on the grid
-    (steps + 1, n, D).
+    sampler; > 0: the one-step stochastic one), ``corrector`` (lam = 0: two score evaluations per step). The grid
+    is :func:`time_grid` (quadratic) unless ``times`` is given. Returns the state at ``t_min`` (n, D), and with
+    ``return_path`` also the states on the grid (steps + 1, n, D).
     """
     grid = time_grid(sde.T, t_min, steps) if times is None else torch.as_tensor(times, dtype=torch.float64)
     if grid.numel() != steps + 1:

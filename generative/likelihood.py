@@ -44,10 +44,12 @@ state ``u_0`` from ``u_eps``; here the decoder reconstructs ``x`` alone from ``u
 correction is the entropy ``H(q(u_eps | x))`` of step (1), which cancels exactly against the diffusion's
 deterministic part (3). Both are lower bounds on ``log p(x)`` and both are tight as ``eps -> 0`` with the exact
 score and no prior mismatch; this one never needs the covariance of ``u_eps`` given ``(x, y_0)``, whose smallest
-eigenvalue is of order ``(int_0^eps beta)^5`` for ALDA (singular in float64 at ``eps = 1e-3``, which the reference
-code patches by adding ``1e-4 I``).
+eigenvalue is of order ``(int_0^eps beta)^5`` for ALDA (the reference code adds ``1e-4 I`` when its Cholesky factor
+fails). ALDA's covariance given ``x`` alone is singular to float64 too below ``t ~ 0.03`` and is refused there
+(:func:`.augmented.conditional_cholesky`): ALDA needs ``t_min >= 0.03``.
 
-**Decoder.** ``u_eps = c x + L xi`` with ``c = Psi_eps[:, 0]`` (the data column) and ``S = L L^T``; Tweedie's formula
+**Decoder.** ``u_eps = c x + L xi`` with ``c = Psi_eps[:, 0]`` (the data column; every column when all blocks are
+data, as for VSDM's ``K = d``, where ``v`` becomes a ``K x K`` matrix) and ``S = L L^T``; Tweedie's formula
 gives ``E[c x | u] = u + S grad log p_eps(u)``, and its generalised-least-squares left inverse
 ``x_hat = v c^T (S^{-1} u + s_theta(u, eps))``, ``v = (c^T S^{-1} c)^{-1}``, is ``E[x | u_eps]`` for the exact score.
 ``p(x | u_eps) = N(x_hat, v I)`` (``v`` is the variance of ``x`` given ``u_eps`` under a flat prior on ``x``; for VP
@@ -90,7 +92,8 @@ class TimeProposal:
         with torch.no_grad():
             mid = (self.edges[:-1] * self.edges[1:]).sqrt()
             _, chol = conditional_cholesky(sde, mid, aux_init_cov)
-            weight = torch.cholesky_solve(sde.noise_matrix(mid).double(), chol.double()).diagonal(dim1=-2, dim2=-1).sum(-1)
+            GG_S_inv = torch.cholesky_solve(sde.noise_matrix(mid).double(), chol.double())
+            weight = GG_S_inv.diagonal(dim1=-2, dim2=-1).sum(-1)
         if not bool(torch.isfinite(weight).all() and (weight > 0).all()):
             raise ValueError("tr(G G^T S_t^{-1}) must be positive and finite on [t_min, T] for the importance density")
         mass = weight * self.edges.diff()

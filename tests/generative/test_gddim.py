@@ -228,7 +228,8 @@ def test_cache_is_keyed_by_the_sdes_parameters():
     assert not torch.allclose(second.predictor, first.predictor)
     # R R^T = S on the grid (the R parameterisation is consistent with the SDE it was computed for).
     _, chol = conditional_cholesky(sde, times)
-    torch.testing.assert_close(second.R @ second.R.transpose(-1, -2), chol @ chol.transpose(-1, -2), rtol=1e-7, atol=1e-10)
+    S = chol @ chol.transpose(-1, -2)
+    torch.testing.assert_close(second.R @ second.R.transpose(-1, -2), S, rtol=1e-7, atol=1e-10)
 
 
 def test_bad_arguments_are_refused():

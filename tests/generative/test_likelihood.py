@@ -112,8 +112,8 @@ class Gaussian:
         z, w = np.polynomial.legendre.leggauss(nodes)
         lo, hi = math.log(t_min), math.log(self.sde.T)
         s = 0.5 * (hi - lo) * z + 0.5 * (hi + lo)
-        diffusion = sum(0.5 * (hi - lo) * wi * math.exp(si) * 0.5 * residual_second_moment(math.exp(si), self.at(math.exp(si))[2])
-                        for si, wi in zip(s, w))
+        diffusion = sum(0.5 * (hi - lo) * wi * math.exp(si) * 0.5 * residual_second_moment(ti, self.at(ti)[2])
+                        for si, wi, ti in zip(s, w, np.exp(s)))
         # Reconstruction: N(x; x_hat, V) with V = (C^T S^{-1} C)^{-1}, x - x_hat = -V C^T r.
         P, S, _, _, _ = self.at(t_min)
         C = P[:, data_cols]
