@@ -259,20 +259,24 @@ def gddim_sample(sde: LinearSDE, score: Score, x_T: Tensor, steps: int, *, order
     if x_T.dim() != 2 or x_T.shape[1] % sde.K:
         raise ValueError(f"x_T must be (n, D) with D a multiple of K = {sde.K}, got {tuple(x_T.shape)}")
 
+    R_T, psi, predictor, correction, noise_root = (
+        None if m is None else m.to(device=x_T.device, dtype=x_T.dtype)
+        for m in (c.R.transpose(-1, -2), c.psi, c.predictor, c.corrector, c.noise))
+
     def eps(u: Tensor, k: int) -> Tensor:
-        return -blockwise(c.R[k].T, score(u, c.times[k]))
+        return -blockwise(R_T[k], score(u, c.times[k]))
 
     u, history, path = x_T, [], [x_T]
     for i in range(steps):
         history = [eps(u, i), *history][:order]
-        linear = blockwise(c.psi[i], u)
-        new = linear + sum(blockwise(c.predictor[i, j], e) for j, e in enumerate(history))
+        linear = blockwise(psi[i], u)
+        new = linear + sum(blockwise(predictor[i, j], e) for j, e in enumerate(history))
         if corrector:
             corrected = [eps(new, i + 1), *history][:order]
-            new = linear + sum(blockwise(c.corrector[i, j], e) for j, e in enumerate(corrected))
+            new = linear + sum(blockwise(correction[i, j], e) for j, e in enumerate(corrected))
         if lam:
             noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
-            new = new + blockwise(c.noise[i], noise)
+            new = new + blockwise(noise_root[i], noise)
         u = new
         path.append(u)
     return (u, torch.stack(path)) if return_path else u

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from sde_control.generative import VSDMForward
 from sde_control.generative.augmented import augmented_gaussian, conditional_cholesky, gaussian_marginal_score
 from sde_control.generative.gddim import gddim_coefficients, gddim_sample, time_grid
 from sde_control.generative.sampling import reverse_paths
@@ -31,7 +32,14 @@ def learned_mdm():
     return sde
 
 
-SDES = {"vp": lambda: VP(0.1, 10.0), "cld": CLD, "malda": MALDA, "mdm": learned_mdm}
+def vsdm():
+    sde = VSDMForward(2)  # K = d = 2: the full 2 x 2 drift of VSDM, no auxiliary variables
+    with torch.no_grad():
+        sde.weight.copy_(torch.tensor([[-0.3, 0.2], [0.1, 0.25]], **f64))
+    return sde
+
+
+SDES = {"vp": lambda: VP(0.1, 10.0), "cld": CLD, "malda": MALDA, "mdm": learned_mdm, "vsdm": vsdm}
 
 
 def test_order_one_on_vp_is_ddim():

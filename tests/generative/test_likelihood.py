@@ -40,8 +40,16 @@ def learned_mdm(seed=0):
     return sde
 
 
+def vsdm():
+    """A K = d forward process (every block is data, one channel each): VSDM's with a fixed A."""
+    sde = VSDMForward(2)
+    with torch.no_grad():
+        sde.weight.copy_(torch.tensor([[-0.3, 0.2], [0.1, 0.25]], **f64))
+    return sde
+
+
 SDES = {"vp": lambda: VP(0.1, 10.0), "ve": lambda: VE(0.01, 20.0), "cld": CLD, "malda": MALDA, "alda": ALDA,
-        "mdm": learned_mdm}
+        "mdm": learned_mdm, "vsdm": vsdm}
 
 
 def full(matrix, m):
