@@ -111,11 +111,11 @@ def data_kl(law, sde, data_cov=NARROW):
                         + torch.logdet(C_exact) - torch.logdet(C)))
 
 
-# Measured KL (data block) at 10 steps, Gaussian data of standard deviation ~0.1 (NARROW): order 1 / 2 / 3 against
-# the Euler probability flow of generative/sampling.py (uniform grid): VP 0.10 / 0.039 / 0.023 against 0.19; CLD
-# 0.46 / 0.32 / 0.25 against 1.6e4; MALDA 0.32 / 0.16 / 0.09 against 2.8e4. For data as wide as the prior (standard
-# deviation ~1) Euler beats order 1 on VP (9e-4 against 3e-2 at 10 steps): DDIM's constant eps is a poor model of
-# data that is not concentrated; order 3 is level with Euler there (7e-4).
+# Measured (benchmarks/gddim_gaussian.py) KL of the data block at 10 steps, Gaussian data of standard deviation ~0.1
+# (NARROW): order 1 / 2 / 3 against the Euler probability flow of generative/sampling.py (uniform grid): VP 0.10 /
+# 0.039 / 0.023 against 0.19; CLD 0.46 / 0.32 / 0.25 against 1.6e4; MALDA 0.32 / 0.16 / 0.09 against 2.8e4. For data
+# as wide as the prior (standard deviation ~1) Euler beats order 1 on VP (9e-4 against 3e-2 at 10 steps): DDIM's
+# constant eps is a poor model of data that is not concentrated; order 3 is level with Euler there (7e-4).
 EULER_RATIO = {"vp": 1.5, "cld": 1e3, "malda": 1e3}
 
 
