@@ -35,10 +35,16 @@ from .specs import Specified
 
 
 class LinearSDE(Specified, abc.ABC):
-    """``dZ = F(t) Z dt + G(t) dW`` on ``[0, T]`` with ``K x K`` coefficients (module docstring)."""
+    """``dZ = F(t) Z dt + G(t) dW`` on ``[0, T]`` with ``K x K`` coefficients (module docstring).
+
+    ``aux`` counts the auxiliary blocks of an augmented state (velocity for :class:`CLD`; ``K - 1`` for
+    :class:`AuxiliaryVariableSDE`): the data ``x`` (dimension ``d``) is block 0 and the state has ``(1 + aux) d``
+    channels. ``aux = 0`` for every process whose blocks are all data (scalar SDEs; VSDM's ``K = d`` drift).
+    """
 
     T: float
     K: int
+    aux: int = 0
 
     @abc.abstractmethod
     def drift_matrix(self, t: Tensor) -> Tensor:
@@ -59,6 +65,28 @@ class LinearSDE(Specified, abc.ABC):
         if cov0 is not None:
             sigma = sigma + psi @ cov0.to(psi) @ psi.transpose(-1, -2)
         return psi, sigma
+
+    def initial_covariance(self) -> Tensor:
+        r"""``Sigma_0`` (``K x K``, float64): the covariance per channel of the state at ``t = 0`` given the data.
+
+        Zero for processes without auxiliary variables; ``diag(0, Sigma_aux0)`` for augmented ones, whose
+        auxiliary blocks start from their own law ``N(0, Sigma_aux0)`` independently of ``x``. Given the data,
+        the state at time ``t`` is then ``N(Psi_t [x; 0], Psi_t Sigma_0 Psi_t^T + Sigma_t)``
+        (:meth:`marginal_matrices` with ``cov0 = initial_covariance()``).
+        """
+        return torch.zeros(self.K, self.K, dtype=torch.float64)
+
+    def prior_covariance(self) -> Tensor:
+        r"""Covariance per channel (``K x K``, float64) of the prior ``N(0, S kron I)`` that generation starts from.
+
+        The stationary covariance where the process has one (overridden: :class:`VP`, and
+        :class:`ScheduledLinearSDE` with a Hurwitz ``M``: CLD, the auxiliary-variable diffusions); here, for
+        processes without one, the law at ``t = T`` of the process started at ``Z_0 = 0``, i.e. ``Sigma(0 -> T)``
+        (:class:`VE`: ``sigma_max^2 - sigma_min^2``; :class:`ScaledBrownian`: ``sigma^2 T``; :class:`SubVP`:
+        ``(1 - exp(-int_0^T beta))^2``).
+        """
+        T = torch.tensor(self.T, dtype=torch.float64)
+        return self.transition_matrices(torch.zeros_like(T), T)[1].double()
 
 
 class ScalarSDE(LinearSDE):
@@ -167,6 +195,10 @@ class VP(ScalarSDE):
 
     def time_flipped(self) -> VP:
         return VP(beta_min=self.schedule.beta_T, beta_max=self.schedule.beta_0, T=self.T)
+
+    def prior_covariance(self) -> Tensor:
+        """``N(0, I)`` is stationary for every schedule."""
+        return torch.ones(1, 1, dtype=torch.float64)
 
     def __repr__(self) -> str:
         return f"VP(beta(0)={self.schedule.beta_0:g}, beta(T)={self.schedule.beta_T:g}, T={self.T:g})"
@@ -295,6 +327,19 @@ class ScheduledLinearSDE(LinearSDE, nn.Module):
         psi = torch.linalg.matrix_exp(tau[..., None, None] * M)
         return psi, 0.5 * (sigma + sigma.transpose(-1, -2))
 
+    def prior_covariance(self) -> Tensor:
+        r"""The stationary covariance ``S`` (``M S + S M^T + N = 0``, the same for every schedule ``beta``) when ``M``
+        is Hurwitz; otherwise the time-``T`` law from 0 (:meth:`LinearSDE.prior_covariance`). Differentiable in
+        ``M`` and ``N`` (a ``K^2 x K^2`` linear solve)."""
+        M, N = self.matrices()
+        if not bool((torch.linalg.eigvals(M.detach().double()).real < 0).all()):
+            return super().prior_covariance()
+        M, N = M.double(), N.double()
+        eye = torch.eye(self.K, dtype=torch.float64, device=M.device)
+        generator = torch.kron(M, eye) + torch.kron(eye, M)
+        S = torch.linalg.solve(generator, -N.reshape(-1)).reshape(self.K, self.K)
+        return 0.5 * (S + S.T)
+
 
 def check_hurwitz(F: Tensor, what: str = "F") -> None:
     """Raise ``ValueError`` unless every eigenvalue of the ``K x K`` matrix ``F`` has a negative real part.
@@ -320,16 +365,21 @@ class CLD(ScheduledLinearSDE):
 
     i.e. ``M = [[0, 1/m], [-1, -Gamma/m]]``, ``N = diag(0, 2 Gamma)`` (noise on the velocity only: a degenerate
     ``G``). Critical damping is ``Gamma^2 = 4 m`` (the default); the stationary law is ``N(0, diag(1, m))``.
-    The paper's setting: ``m = 0.25``, ``Gamma = 1``, constant ``beta = 4`` over ``T = 1``.
+    The paper's setting: ``m = 0.25``, ``Gamma = 1``, constant ``beta = 4`` over ``T = 1``, and the initial velocity
+    ``v_0 ~ N(0, init_velocity_scale * m)`` with ``init_velocity_scale = 0.04`` (the paper's ``gamma``; variance
+    0.01 at ``m = 0.25``), independent of the data (``aux = 1``: the velocity is the auxiliary block).
     """
 
+    aux = 1
+
     def __init__(self, mass: float = 0.25, gamma: float | None = None, beta_min: float = 4.0, beta_max: float = 4.0,
-                 T: float = 1.0):
+                 T: float = 1.0, init_velocity_scale: float = 0.04):
         super().__init__(2, beta_min, beta_max, T)
         gamma = 2 * math.sqrt(mass) if gamma is None else gamma
-        if mass <= 0 or gamma <= 0:
-            raise ValueError(f"CLD needs mass > 0 and gamma > 0, got {mass}, {gamma}")
-        self.mass, self.gamma = float(mass), float(gamma)
+        if mass <= 0 or gamma <= 0 or init_velocity_scale < 0:
+            raise ValueError(f"CLD needs mass > 0, gamma > 0 and init_velocity_scale >= 0, got {mass}, {gamma}, "
+                             f"{init_velocity_scale}")
+        self.mass, self.gamma, self.init_velocity_scale = float(mass), float(gamma), float(init_velocity_scale)
         self.register_buffer("M", torch.tensor([[0.0, 1 / mass], [-1.0, -gamma / mass]], dtype=torch.float64))
         self.register_buffer("N", torch.tensor([[0.0, 0.0], [0.0, 2 * gamma]], dtype=torch.float64))
 
@@ -339,6 +389,10 @@ class CLD(ScheduledLinearSDE):
     def stationary_covariance(self) -> Tensor:
         """``diag(1, m)``."""
         return torch.diag(torch.tensor([1.0, self.mass], dtype=torch.float64))
+
+    def initial_covariance(self) -> Tensor:
+        """``diag(0, init_velocity_scale * m)``: the position is the data, the velocity starts from its own law."""
+        return torch.diag(torch.tensor([0.0, self.init_velocity_scale * self.mass], dtype=torch.float64))
 
 
 class AuxiliaryVariableSDE(ScheduledLinearSDE):
@@ -351,13 +405,19 @@ class AuxiliaryVariableSDE(ScheduledLinearSDE):
     code, positive definite, hence always Hurwitz (``F + F^T = -2 beta D < 0``). ``W = 0`` and ``D = I`` at
     initialisation. Fixed (both given): checked to be skew, symmetric positive semi-definite and Hurwitz, else
     ``ValueError``.
+
+    Block 0 is the data, blocks ``1..K-1`` are auxiliary (``aux = K - 1``) and start from ``N(0, init_aux_var I)``
+    independently of the data (0.01 in the reference code's configurations, ``init_aux_var``).
     """
 
     D_FLOOR = 1e-3
 
     def __init__(self, K: int, Q: Tensor | None = None, D: Tensor | None = None, beta_min: float = 0.1,
-                 beta_max: float = 20.0, T: float = 1.0):
+                 beta_max: float = 20.0, T: float = 1.0, init_aux_var: float = 0.01):
         super().__init__(K, beta_min, beta_max, T)
+        if init_aux_var < 0:
+            raise ValueError(f"init_aux_var must be >= 0, got {init_aux_var}")
+        self.aux, self.init_aux_var = K - 1, float(init_aux_var)
         if (Q is None) != (D is None):
             raise ValueError("give both Q and D (a fixed process) or neither (a learned one)")
         if Q is None:
@@ -381,6 +441,10 @@ class AuxiliaryVariableSDE(ScheduledLinearSDE):
         else:
             Q, D = self.W - self.W.T, torch.diag(nn.functional.softplus(self.d) + self.D_FLOOR)
         return -(Q + D), 2 * D
+
+    def initial_covariance(self) -> Tensor:
+        """``diag(0, init_aux_var, ..., init_aux_var)``."""
+        return torch.diag(torch.tensor([0.0] + [self.init_aux_var] * self.aux, dtype=torch.float64))
 
 
 class MomentODELinearSDE(LinearSDE, nn.Module):
@@ -476,3 +540,51 @@ class MomentODELinearSDE(LinearSDE, nn.Module):
         psi = torch.linalg.solve(psi0.transpose(-1, -2), psi1.transpose(-1, -2)).transpose(-1, -2)
         sigma = sigma1 - psi @ sigma0 @ psi.transpose(-1, -2)
         return psi, 0.5 * (sigma + sigma.transpose(-1, -2))
+
+
+class ALDA(AuxiliaryVariableSDE):
+    r"""The MDM paper's ALDA: position, velocity and one more auxiliary block (``K = 3``), noise on the last only.
+
+    .. math::  Q = \begin{pmatrix} 0 & -1 & 0 \\ 1 & 0 & -\gamma \\ 0 & \gamma & 0 \end{pmatrix}, \qquad
+               D = \mathrm{diag}(0, 0, \psi), \qquad F = -\beta(t) (Q + D), \quad G G^T = 2 \beta(t) D,
+
+    so ``N(0, I)`` is stationary (``F + F^T + G G^T = 0``) and the drift is Hurwitz for ``gamma, psi > 0``. Taken
+    from the paper's public code, ``rajesh-lab/MultivariateDiffusionModels``, file ``mdm/models/alda.py`` (``Q``,
+    ``D`` with its stationary auxiliary variance 1, ``alda_gamma = alda_psi = 1`` by default there; its drift
+    ``-(Q + D) diag(1, 1/M, 1/M)`` is ours at ``M = 1``, the value of every configuration in that repository), with
+    its schedule ``beta(t) = 0.1 + 9.9 t`` over ``T = 1`` (``configs/*/*.yaml``) and initial auxiliary variance 0.01.
+    Its slowest mode decays at rate ``0.215 beta`` (``gamma = psi = 1``), so at ``int beta = 5.05`` the mean keeps
+    ``exp(-1.09) = 0.34`` of the data: ALDA is far from its prior at ``T``.
+    """
+
+    def __init__(self, gamma: float = 1.0, psi: float = 1.0, beta_min: float = 0.1, beta_max: float = 10.0,
+                 T: float = 1.0, init_aux_var: float = 0.01):
+        if gamma <= 0 or psi <= 0:
+            raise ValueError(f"ALDA needs gamma > 0 and psi > 0, got {gamma}, {psi}")
+        Q = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, -gamma], [0.0, gamma, 0.0]], dtype=torch.float64)
+        D = torch.diag(torch.tensor([0.0, 0.0, psi], dtype=torch.float64))
+        super().__init__(3, Q=Q, D=D, beta_min=beta_min, beta_max=beta_max, T=T, init_aux_var=init_aux_var)
+        self.gamma, self.psi = float(gamma), float(psi)
+
+
+class MALDA(AuxiliaryVariableSDE):
+    r"""The MDM paper's MALDA on ``K`` blocks (data plus ``K - 1`` auxiliary), noise on every auxiliary block.
+
+    .. math::  Q_{ij} = -1 \ (i < j), \quad Q_{ij} = 1 \ (i > j), \quad Q_{ii} = 0, \qquad
+               D = \mathrm{diag}(0, 2, \dots, 2),
+
+    (``D_jj = 2 sqrt(M)`` with stationary auxiliary variance ``M = 1``) and ``F = -beta(t) (Q + D)``,
+    ``G G^T = 2 beta(t) D``: ``N(0, I)`` stationary, Hurwitz (eigenvalues of ``-(Q + D)`` at ``K = 3``:
+    ``-1, -1.5 +- 1.32 i``). From ``rajesh-lab/MultivariateDiffusionModels``, ``mdm/models/malda.py``, with the
+    schedule of its configurations (``configs/mnist/malda.yaml``: ``n_vars = 3``, ``beta`` from 0.1 to 10,
+    ``init_aux_var = 0.01``).
+    """
+
+    def __init__(self, K: int = 3, beta_min: float = 0.1, beta_max: float = 10.0, T: float = 1.0,
+                 init_aux_var: float = 0.01):
+        if K < 2:
+            raise ValueError(f"MALDA needs K >= 2 blocks (data plus at least one auxiliary), got {K}")
+        ones = torch.ones(K, K, dtype=torch.float64)
+        Q = ones.tril(-1) - ones.triu(1)
+        D = torch.diag(torch.tensor([0.0] + [2.0] * (K - 1), dtype=torch.float64))
+        super().__init__(K, Q=Q, D=D, beta_min=beta_min, beta_max=beta_max, T=T, init_aux_var=init_aux_var)

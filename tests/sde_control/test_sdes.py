@@ -244,3 +244,92 @@ def test_blockwise_acts_on_blocks():
     torch.testing.assert_close(blockwise(torch.stack([M, 2 * M]), x), torch.stack([expected[0], 2 * expected[1]]))
     with pytest.raises(ValueError, match="multiple of 4"):
         blockwise(torch.eye(4), x[:, :5])
+
+
+# ---------------------------------------------------------------- prior laws, initial laws, ALDA and MALDA
+from sde_control.sdes import ALDA, MALDA, SubVP as _SubVP  # noqa: E402
+
+
+def test_fallback_priors_are_the_time_T_law_from_zero():
+    """VE, Brownian motion and sub-VP have no stationary law: their prior is Sigma(0 -> T)."""
+    torch.testing.assert_close(VE(0.01, 50.0).prior_covariance(), torch.tensor([[50.0**2 - 0.01**2]], **f64))
+    torch.testing.assert_close(ScaledBrownian(0.2, 5.0).prior_covariance(), torch.tensor([[1.0]], **f64))
+    B = 0.1 + (20.0 - 0.1) / 2  # int_0^1 beta
+    torch.testing.assert_close(_SubVP(0.1, 20.0).prior_covariance(), torch.tensor([[(1 - math.exp(-B)) ** 2]], **f64))
+    torch.testing.assert_close(VP(0.1, 10.0).prior_covariance(), torch.ones(1, 1, **f64))  # stationary, not the T-law
+    rotation = Constant(torch.tensor([[0.0, 1.0], [-1.0, 0.0]], **f64), torch.diag(torch.tensor([0.0, 1.0], **f64)))
+    T = torch.tensor(rotation.T, **f64)  # not Hurwitz: no limit, so the time-T law from 0
+    torch.testing.assert_close(rotation.prior_covariance(), rotation.transition_matrices(torch.zeros_like(T), T)[1])
+
+
+HURWITZ = {"vp": VP(), "cld": CLD(), "alda": ALDA(), "malda": MALDA(), "malda-4": MALDA(4),
+           "learned": random_auxiliary(K=3, seed=2)}
+
+
+@pytest.mark.parametrize("name", HURWITZ)
+def test_prior_is_stationary_and_the_limit_of_the_transitions(name):
+    sde = HURWITZ[name]
+    S = sde.prior_covariance()
+    F, GG = sde.drift_matrix(torch.tensor(0.3, **f64)).double(), sde.noise_matrix(torch.tensor(0.3, **f64)).double()
+    torch.testing.assert_close(F @ S + S @ F.T + GG, torch.zeros_like(S), atol=1e-12, rtol=0)  # stationary
+    # Push I and a data-like covariance (one stretched, one tiny direction) through a long horizon of the same
+    # matrices (constant beta = 5, int beta = 50: ALDA's slowest mode 0.215 beta leaves exp(-21.5) ~ 5e-10).
+    M, N = sde.matrices() if name != "vp" else (torch.tensor([[-0.5]], **f64), torch.tensor([[1.0]], **f64))
+    long = Constant(M.detach().clone(), N.detach().clone(), beta_min=5.0, beta_max=5.0, T=10.0)
+    data_like = torch.diag(torch.tensor([25.0] + [0.01] * (sde.K - 1), **f64))
+    for cov0 in (torch.eye(sde.K, **f64), data_like):
+        times = torch.tensor([0.05, 0.2, 10.0], **f64)
+        errors = (long.marginal_matrices(times, cov0=cov0)[1] - S).abs().amax((-1, -2))
+        # Either already the prior (I for the N(0, I)-stationary processes) and kept, or converging to it.
+        assert errors[2] < 1e-6 and (errors.max() < 1e-12 or errors[0] > errors[1]), errors
+
+
+def test_cld_prior_and_velocity_law_are_the_papers():
+    cld = CLD(mass=0.25)
+    torch.testing.assert_close(cld.prior_covariance(), torch.diag(torch.tensor([1.0, 0.25], **f64)))
+    torch.testing.assert_close(cld.initial_covariance(), torch.diag(torch.tensor([0.0, 0.04 * 0.25], **f64)))
+    assert cld.aux == 1 and VP().aux == 0 and VE().aux == 0
+
+
+def test_alda_and_malda_are_the_reference_codes_processes():
+    """The matrices of rajesh-lab/MultivariateDiffusionModels (mdm/models/alda.py, malda.py) at M = 1."""
+    alda, malda = ALDA(), MALDA()
+    F, N = alda.matrices()
+    torch.testing.assert_close(-F - N / 2, torch.tensor([[0.0, -1, 0], [1, 0, -1], [0, 1, 0]], **f64))  # Q
+    torch.testing.assert_close(N / 2, torch.diag(torch.tensor([0.0, 0, 1], **f64)))  # D
+    F, N = malda.matrices()
+    torch.testing.assert_close(-F - N / 2, torch.tensor([[0.0, -1, -1], [1, 0, -1], [1, 1, 0]], **f64))
+    torch.testing.assert_close(N / 2, torch.diag(torch.tensor([0.0, 2, 2], **f64)))
+    for sde in (alda, malda, MALDA(5), ALDA(gamma=2.0, psi=0.5)):
+        F, N = sde.matrices()
+        torch.testing.assert_close(F + F.T + N, torch.zeros_like(F))  # the MDM constraint: N(0, I) stationary
+        assert (torch.linalg.eigvals(F).real < 0).all()
+        assert sde.aux == sde.K - 1
+        torch.testing.assert_close(sde.initial_covariance(), torch.diag(torch.tensor([0.0] + [0.01] * sde.aux, **f64)))
+        assert (sde.schedule.beta_0, sde.schedule.beta_T, sde.T) == (0.1, 10.0, 1.0)
+    with pytest.raises(ValueError, match="K >= 2"):
+        MALDA(1)
+    with pytest.raises(ValueError, match="gamma > 0"):
+        ALDA(gamma=0.0)
+
+
+@pytest.mark.parametrize("sde", [ALDA(), MALDA()], ids=["alda", "malda"])
+def test_alda_malda_transitions_match_simulation(sde, check_transition):
+    check_transition(sde, 0.1, 0.6, torch.tensor([1.0, -0.5, 0.3], **f64), n=20_000)
+
+
+def test_conditional_law_given_the_data_carries_the_auxiliary_start():
+    """N(Psi [x; 0], Psi diag(0, Sigma_aux0) Psi^T + Sigma): against states started from random auxiliaries."""
+    sde, n = MALDA(), 200_000
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(n, 3, generator=g, **f64) @ sde.initial_covariance().sqrt()
+    z0[:, 0] = 1.5  # the data block
+    t = torch.tensor(0.05, **f64)
+    psi, sigma = sde.transition_matrices(torch.zeros_like(t), t)
+    zt = z0 @ psi.T + torch.randn(n, 3, generator=g, **f64) @ torch.linalg.cholesky(sigma).T
+    _, cov = sde.marginal_matrices(t, cov0=sde.initial_covariance())
+    # Five standard errors of each covariance entry, sqrt((C_ii C_jj + C_ij^2) / n).
+    se = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
+    assert ((torch.cov(zt.T) - cov).abs() < 5 * se).all()
+    se_mean = float(cov.diagonal().max().sqrt()) / n**0.5
+    torch.testing.assert_close(zt.mean(0), psi[:, 0] * 1.5, atol=5 * se_mean, rtol=0)
