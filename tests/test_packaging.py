@@ -38,12 +38,17 @@ def test_a_users_configs_targets_and_generative_shadow_nothing(tmp_path):
 
 
 def _venv_sharing_dependencies(path: Path) -> Path:
-    """A fresh virtual environment that sees this one's packages (torch and the rest) through a ``.pth`` file,
-    after its own site-packages, so that what is installed into it wins."""
+    """A fresh virtual environment that sees this one's packages (torch and the rest), but not its sde_control,
+    through a ``.pth`` file naming a folder of links to them."""
     venv.create(path, with_pip=True)
     python = path / "bin" / "python"
     own = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=path).strip())
-    (own / "zz_shared_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    shared = path / "shared_dependencies"
+    shared.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().replace("-", "_").startswith(("sde_control", "__editable__")):
+            (shared / entry.name).symlink_to(entry)
+    (own / "zz_shared_dependencies.pth").write_text(f"{shared}\n")
     return python
 
 
