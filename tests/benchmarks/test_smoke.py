@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -40,3 +42,17 @@ def test_gpu_accuracy_smoke_runs_without_a_gpu(tmp_path):
 def test_adjoint_accuracy_smoke(tmp_path):
     text = run("adjoint_accuracy.py", "--smoke", cwd=tmp_path)
     assert "| DIS | Funnel | 16 |" in text and "| PIS | GaussianMixture | 8 |" in text
+
+
+def test_sinkhorn_smoke(tmp_path):
+    text = run("sinkhorn.py", "--smoke", "--cases", "exact", "--no-check", cwd=tmp_path)
+    assert "| exact | 1.59" in text and "| shift |" not in text
+
+
+PINES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pines.csv"
+
+
+@pytest.mark.skipif(not PINES.is_file(), reason=f"the pines data is not at {PINES} (../shared/data)")
+def test_reference_log_z_lgcp_smoke(tmp_path):
+    text = run("reference_log_z.py", "--target", "lgcp", "--smoke", "--float32", cwd=tmp_path)
+    assert "REFERENCE (lgcp, pooled)" in text and "grid 8 x 8 (d = 64)" in text
