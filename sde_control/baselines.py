@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -79,11 +79,11 @@ class SMCResult:
     estimate: LogZEstimate
     particles: Tensor
     log_weights: Tensor
-    betas: list[float] = field(default_factory=list)
-    log_z_increments: list[float] = field(default_factory=list)
-    resampled: list[bool] = field(default_factory=list)
-    step_sizes: list[float] = field(default_factory=list)
-    acceptance: list[float] = field(default_factory=list)
+    betas: list[float]
+    log_z_increments: list[float]
+    resampled: list[bool]
+    step_sizes: list[float]
+    acceptance: list[float]
 
 
 @dataclass
@@ -213,7 +213,8 @@ class SMC:
         state = self._evaluate(x, with_score=moves_needed)
         log_w = torch.full((particles,), -math.log(particles), dtype=torch.float64, device=self.device)
         step_size = self.step_size
-        result = SMCResult(estimate=None, particles=x, log_weights=log_w)  # type: ignore[arg-type]
+        path: list[float] = []  # the temperatures reached
+        increments, resampled, step_sizes, acceptances = [], [], [], []
         beta, log_z = 0.0, 0.0
         bar = tqdm(total=1.0, desc="SMC", disable=not progress, bar_format="{l_bar}{bar}| beta {n:.4f} {postfix}")
         while beta < 1.0:
@@ -221,7 +222,7 @@ class SMC:
             if betas is None:
                 next_beta = beta + _adaptive_increment(log_w, log_ratio, 1.0 - beta, target_cess)
             else:
-                next_beta = betas[len(result.betas)]
+                next_beta = betas[len(path)]
             increment = _scaled(log_ratio, next_beta - beta)
             log_z_step = float(torch.logsumexp(log_w + increment, 0))
             if log_z_step == -math.inf:
@@ -234,10 +235,10 @@ class SMC:
             log_w = log_w + increment - log_z_step
             bar.update(next_beta - beta)
             beta = next_beta
-            result.betas.append(beta)
-            result.log_z_increments.append(log_z_step)
+            path.append(beta)
+            increments.append(log_z_step)
             resample = beta < 1.0 and effective_sample_size(log_w) < self.resample_threshold
-            result.resampled.append(resample)
+            resampled.append(resample)
             if resample:
                 state = state.select(_systematic_resample(log_w, generator))
                 log_w = torch.full_like(log_w, -math.log(particles))
@@ -245,14 +246,13 @@ class SMC:
                 scale = self._preconditioner(state.x, log_w)
                 for _ in range(self.moves):
                     state, acceptance = self._move(state, beta, step_size, scale, generator)
-                    result.step_sizes.append(step_size)
-                    result.acceptance.append(acceptance)
+                    step_sizes.append(step_size)
+                    acceptances.append(acceptance)
                     if self.adapt_step_size:
                         step_size *= math.exp(self.adaptation_gain * (acceptance - self.target_acceptance))
                 bar.set_postfix_str(f"log Z {log_z:.4f}, step {step_size:.3g}, acceptance {acceptance:.2f}")
         bar.close()
-        result.particles, result.log_weights = state.x, log_w
-        result.estimate = LogZEstimate(
+        estimate = LogZEstimate(
             log_z=log_z,
             elbo=None,
             ess=effective_sample_size(log_w),
@@ -260,7 +260,7 @@ class SMC:
             log_z_exact=self.target.log_Z,
             evaluations=self.evaluations,
         )
-        return result
+        return SMCResult(estimate, state.x, log_w, path, increments, resampled, step_sizes, acceptances)
 
     # -- target evaluations ----------------------------------------------------------------------------------------
 

@@ -46,10 +46,12 @@ def test_log_z_of_anisotropic_gaussians_at_any_number_of_temperatures(dim, kerne
     assert estimates.std() < 0.25  # the check has power: one run's error is small
 
 
-def test_diagonal_preconditioning_on_a_badly_scaled_gaussian():
+@pytest.mark.parametrize("kernel", ["mala", "hmc"])
+def test_diagonal_preconditioning_on_a_badly_scaled_gaussian(kernel):
     # standard deviations 0.1, 1 and 10: the weighted particle spread sets the per-coordinate step
     target = Gaussian([0.0, 1.0, -3.0], torch.tensor([0.1, 1.0, 10.0]) ** 2, log_Z=-0.4)
-    smc = SMC(target, kernel="mala", preconditioning="diagonal", initial_std=torch.tensor([1.0, 1.0, 10.0]))
+    smc = SMC(target, kernel=kernel, leapfrog_steps=3, preconditioning="diagonal",
+              initial_std=torch.tensor([1.0, 1.0, 10.0]))
     estimates = runs(smc, 500, 20)
     assert abs(estimates.mean().item() - target.log_Z) < T_BOUND * estimates.std().item() / math.sqrt(RUNS)
     assert estimates.std() < 0.1
