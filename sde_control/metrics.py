@@ -19,6 +19,14 @@ Optimal transport (CONVENTIONS 7), cost ``C(x, y) = |x - y|^2`` (not halved) bet
   ``|S_eps - W_2^2| <= eps max(log n, log m)`` (see :func:`wasserstein2_squared`); between Gaussians it has a
   closed form (:func:`gaussian_sinkhorn_divergence`).
 
+  Convergence at the benchmarks' ``eps = 1e-3`` (``benchmarks/sinkhorn.py``, 2000 exact samples of the 9-mode GMM
+  against 2000 others): Sinkhorn's rate degrades like ``exp(-c / eps)``, so the plans' marginal errors decay slowly
+  (l1 error 1.4e-2 after 90 iterations), while the dual objective, started at the exact optimal transport's
+  potentials, settles within tens of iterations: ``S_eps = 0.345753`` after 90/20/20 iterations of the three problems
+  (210 s wall on this busy 2-core machine, one thread), 0.345785 at ten times the precision (the error estimate said
+  3.0e-5), beside ``W_2^2 = 0.346044``. Epsilon scaling from above does not get there in that time: geomloss's
+  annealing (factor 0.9) returns 0.174 after 108 s.
+
 Modes: :func:`mode_fractions` and :func:`entropic_mode_coverage` (EMC) from the nearest-mode histogram.
 The generative side's own measures (histograms, trajectory straightness) live in
 :mod:`sde_control.generative.evaluation`.
@@ -131,7 +139,7 @@ def sinkhorn(
     Why not epsilon scaling from above, or a marginal tolerance: at ``eps = 1e-3`` on 2000 against 2000 samples the
     plans' marginal errors decay like a power of the iteration count (Sinkhorn's rate degrades like ``exp(-c / eps)``)
     while the dual objective settles within tens of iterations; ``benchmarks/sinkhorn.py`` measures both, and the
-    settled value against 20 times more iterations.
+    settled value against a run at a ten times smaller tolerance (module docstring).
     """
     xs, ys = point_clouds(x, y)
     if not (math.isfinite(eps) and eps > 0):

@@ -78,6 +78,8 @@ def test_default_dtype_target_follows_the_protocol():
     target = LGCP(PINES)
     validate_target(target)
     assert target.scale_tril.dtype == torch.get_default_dtype() and not target.has_exact_samples
+    assert (target.log_Z, target.log_Z_std_error) == (501.77, 0.12)  # benchmarks/reference_log_z.py --target lgcp
+    assert LGCP(PINES, whitened=True).log_Z == 501.77  # the same Z
 
 
 def test_one_cell_log_z_by_quadrature_and_smc():
