@@ -5,6 +5,7 @@ from sde_control.targets.double_well import DoubleWell
 from sde_control.targets.funnel import Funnel
 from sde_control.targets.gaussian import Gaussian
 from sde_control.targets.gmm import GaussianMixture
+from sde_control.targets.lgcp import LGCP
 from sde_control.targets.logistic_regression import BayesianLogisticRegression
 from sde_control.targets.many_well import ManyWell
 
@@ -14,6 +15,7 @@ __all__ = [
     "Funnel",
     "Gaussian",
     "GaussianMixture",
+    "LGCP",
     "ManyWell",
     "Target",
     "TargetError",

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -55,3 +57,17 @@ def test_discretisation_bias_smoke(tmp_path):
 def test_timeseries_smoke(tmp_path):
     text = run("timeseries.py", "--smoke", cwd=tmp_path)
     assert "## macrodata" in text and "| Naive (last value" in text and "| VAR (statsmodels" in text
+
+
+def test_sinkhorn_smoke(tmp_path):
+    text = run("sinkhorn.py", "--smoke", "--cases", "exact", "--no-check", cwd=tmp_path)
+    assert "| exact | 1.59" in text and "| shift |" not in text
+
+
+PINES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pines.csv"
+
+
+@pytest.mark.skipif(not PINES.is_file(), reason=f"the pines data is not at {PINES} (../shared/data)")
+def test_reference_log_z_lgcp_smoke(tmp_path):
+    text = run("reference_log_z.py", "--target", "lgcp", "--smoke", "--float32", cwd=tmp_path)
+    assert "REFERENCE (lgcp, pooled)" in text and "grid 8 x 8 (d = 64)" in text
