@@ -146,6 +146,20 @@ class Trainer:
         self.run: dict[str, int] | None = None  # {"start", "iterations"} of the current run
         self.last_checkpoint: int | None = None
 
+    def to(self, device: torch.device | str) -> Trainer:
+        """Move the module, its EMA and the optimiser's state to ``device`` (before any ``DistributedDataParallel``
+        wrapper is made, i.e. before training under ``torch.distributed``)."""
+        if self._replica is not None:
+            raise RuntimeError("move the module before training: its DistributedDataParallel wrapper exists already")
+        self.module.to(device)
+        if self.ema is not None:
+            self.ema.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value.to(device)
+        return self
+
     @property
     def training_module(self) -> nn.Module:
         """The module a loss calls: under ``torch.distributed`` (and ``distribute``) its ``DistributedDataParallel``
