@@ -104,7 +104,7 @@ class OrthonormalBasis(nn.Module):
             self.register_buffer("rows", dct_matrix(image_shape[1]), persistent=False)
             self.register_buffer("columns", dct_matrix(image_shape[2]), persistent=False)
 
-    def _apply(self, x: Tensor, transpose: bool) -> Tensor:
+    def _transform(self, x: Tensor, transpose: bool) -> Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"the basis acts on vectors of dimension {self.dim} (images {self.image_shape}), "
                              f"got shape {tuple(x.shape)}")
@@ -118,11 +118,11 @@ class OrthonormalBasis(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``z = B x`` for ``x`` of shape ``(..., d)``."""
-        return self._apply(x, transpose=False)
+        return self._transform(x, transpose=False)
 
     def inverse(self, z: Tensor) -> Tensor:
         """``x = B^T z``."""
-        return self._apply(z, transpose=True)
+        return self._transform(z, transpose=True)
 
     def matrix(self) -> Tensor:
         """``B`` as a dense ``d x d`` matrix (float64; for small ``d``)."""

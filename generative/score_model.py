@@ -90,10 +90,11 @@ class ScoreModel(Checkpointable):
         return self.trainer.history
 
     # ------------------------------------------------------------------ training
-    def loss(self, x0: Tensor, network: nn.Module | None = None, condition: Tensor | None = None) -> Tensor:
+    def loss(self, x0: Tensor, network: nn.Module | None = None, condition: Tensor | None = None, *,
+             t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
         """The DSM loss on the batch ``x0`` for ``network`` (default: the one being trained), conditioned on
-        ``condition`` where the model is conditional."""
-        return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min, condition)
+        ``condition`` where the model is conditional; ``t`` and ``eps`` may be given instead of drawn."""
+        return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min, condition, t=t, eps=eps)
 
     def _batch_loss(self, data: Tensor | BatchSource, batch_size: int) -> LossFn:
         """The DSM loss on a fresh batch per step: random rows of a tensor, or a :class:`BatchSource`'s draw."""

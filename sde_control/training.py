@@ -201,8 +201,8 @@ class Trainer:
     ) -> list[dict[str, Any]]:
         """Run ``config.iterations`` optimisation steps (with ``resume``, finish or extend the loaded run instead).
 
-        ``evaluate()`` is called every ``evaluate_every`` steps and at the end (its time is kept out of the
-        ``time`` column of the history); ``checkpoint()`` every ``config.checkpoint_every`` steps, at the end, and
+        ``evaluate()`` is called every ``evaluate_every`` steps and at the end, before the step's record enters the
+        history; the metrics it returns are added to the record (its time is kept out of the ``time`` column); ``checkpoint()`` every ``config.checkpoint_every`` steps, at the end, and
         when the run is interrupted (``KeyboardInterrupt``, ``SystemExit``) after its last checkpoint. Raises
         :class:`TrainingDivergedError` when more than ``config.nonfinite_patience`` steps in a row have a non-finite
         loss or gradient, before any update with them is kept. The progress bar counts ``unit_scale`` ``unit`` per
@@ -225,7 +225,8 @@ class Trainer:
         elapsed = self.history[-1]["time"] if resume and self.history else 0.0
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         bar = tqdm(total=config.iterations * unit_scale, initial=(self.iteration - self.run["start"]) * unit_scale,
-                   desc=description, disable=not config.progress or rank != 0, unit=unit, unit_scale=unit_scale > 1)
+                   desc=description, disable=not config.progress or rank != 0, unit=unit,
+                   unit_scale=config.iterations * unit_scale >= 100_000)  # 1.2M, not 1200000
         postfix: dict[str, float] = {}
         try:
             while self.iteration < end:
@@ -239,15 +240,16 @@ class Trainer:
                 records = stepper.flush() if due else []
                 elapsed += time.perf_counter() - started
                 bar.update(taken * unit_scale)
+                evaluation = evaluate() if due_eval else {}
+                if evaluation:
+                    records[-1].update(evaluation)
                 kept = [r for r in records if r["iteration"] % config.log_every == 0 or "skipped" in r
-                        or r is records[-1] and (done or due_eval or due_checkpoint)]
+                        or r is records[-1] and (done or evaluation or due_checkpoint)]
                 for record in kept:
                     record["time"] = elapsed
                     self.history.append(record)
                     postfix = {k: v for k, v in record.items() if k in ("loss", "log_z", "ess")} or postfix
                     bar.set_postfix(postfix, refresh=False)
-                if due_eval:
-                    records[-1].update(evaluate())
                 if due_checkpoint:
                     checkpoint()
                     self.last_checkpoint = self.iteration
