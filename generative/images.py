@@ -382,6 +382,8 @@ def train(model: ScoreModel, data: Images, config: ScoreTraining, options: Image
     ``run_dir/checkpoint.pt`` if it holds this run (module docstring). Returns a summary (steps, images, the last
     loss, stages of VSDM); rank 0 writes the files."""
     run_dir = Path(run_dir)
+    if session.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(options.precision, session.device)
     micro = config.batch_size // (session.world_size * config.accumulation)
     if micro * session.world_size * config.accumulation != config.batch_size:
