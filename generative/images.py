@@ -186,8 +186,11 @@ class Session:
 @contextlib.contextmanager
 def session(device: str = "auto") -> Iterator[Session]:
     """Join ``torchrun``'s process group when launched by it (its environment names ``RANK``, ``WORLD_SIZE`` and
-    ``LOCAL_RANK``; also with one process, so that the distributed path runs): NCCL on CUDA, gloo on CPUs. The device
-    is ``cuda:LOCAL_RANK`` where there is a GPU (``device="auto"``), else the CPU. The group is left at exit."""
+    ``LOCAL_RANK``; also with one process, so that the distributed path runs), or, under Slurm with several tasks
+    (submitit), the group of the job's tasks: NCCL on CUDA, gloo on CPUs. The device is ``cuda:LOCAL_RANK`` where
+    there is a GPU (``device="auto"``), else the CPU. The group is left at exit."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        _export_slurm_tasks()
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "auto":
@@ -207,6 +210,17 @@ def session(device: str = "auto") -> Iterator[Session]:
     finally:
         if joined:
             dist.destroy_process_group()
+
+
+def _export_slurm_tasks() -> None:
+    """Under Slurm with one task per GPU (Hydra's submitit launcher with ``tasks_per_node = gpus_per_node``), set
+    ``torch.distributed``'s variables from Slurm's (submitit's ``TorchDistributedEnvironment``)."""
+    try:
+        import submitit
+    except ImportError:
+        raise RuntimeError("several Slurm tasks but no torchrun: launch through Hydra's submitit launcher "
+                           "(pip install hydra-submitit-launcher), or torchrun from the job script") from None
+    submitit.helpers.TorchDistributedEnvironment().export()
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -376,11 +390,15 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def train(model: ScoreModel, data: Images, config: ScoreTraining, options: ImageOptions, run_dir: str | os.PathLike,
-          session: Session, seed: int = 0) -> dict[str, Any]:
+def train(model: ScoreModel, data: Images, config: ScoreTraining, options: ImageOptions | None = None,
+          run_dir: str | os.PathLike = ".", session: Session | None = None, seed: int = 0) -> dict[str, Any]:
     """Train ``model`` on ``data`` for ``config.iterations`` global steps of ``config.batch_size`` images, resuming
-    ``run_dir/checkpoint.pt`` if it holds this run (module docstring). Returns a summary (steps, images, the last
-    loss, stages of VSDM); rank 0 writes the files."""
+    ``run_dir/checkpoint.pt`` if it holds this run (module docstring). ``session``: this process's rank and device
+    (default: one process, on the GPU if there is one). Returns a summary (steps, images, the last loss, stages of
+    VSDM); rank 0 writes the files."""
+    options = ImageOptions() if options is None else options
+    if session is None:
+        session = Session(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(run_dir)
     if session.main:
         run_dir.mkdir(parents=True, exist_ok=True)
