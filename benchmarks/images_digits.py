@@ -14,7 +14,8 @@ Evaluation: 1000 samples of the EMA network from N(0, I) with Euler-Maruyama on 
 the probability-flow ODE at 10, 20, 50 and 100 steps (one score evaluation each); the Frechet distance between the
 penultimate features (64) of the digits classifier (``sde_control.generative.evaluation.classifier``, 96.9 % held
 out) of the samples and of the training images. The floor: the same distance of the 360 held-out images (a
-smaller set: its estimate is biased upward by the sample size). Runs resume from their checkpoints in
+smaller set: its estimate is biased upward by the sample size). Time: the trainer's clock of the score steps, and
+the rest of the training wall time (VSDM's forward updates; for both, the final sample grid and the checkpoints). Runs resume from their checkpoints in
 ``benchmarks/results/images_digits/<budget>/``; the table goes to the section ``digits`` of ``benchmarks/IMAGES.md``.
 """
 
@@ -32,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, mean_std, write_section  # noqa: E402
 
+from sde_control import checkpoints  # noqa: E402
 from sde_control.generative import VSDM, ScoreModel, images  # noqa: E402
 from sde_control.generative.data import digits  # noqa: E402
 from sde_control.generative.evaluation import classifier_frechet_distance, digit_classifier  # noqa: E402
@@ -108,13 +110,18 @@ def main(argv: list[str] | None = None) -> None:
     classifier = digit_classifier(HERE / "results" / "images_digits" / "classifier.pt")
     floor = classifier_frechet_distance(held_out.transform.to_uint8(held_out.images),
                                         data.transform.to_uint8(data.images), classifier)
-    header = ["model", *(f"{m} NFE {s}" for m in METHODS for s in budget["steps"]), "train s (forward updates incl.)"]
+    header = ["model", *(f"{m} NFE {s}" for m in METHODS for s in budget["steps"]), "score steps (s)",
+              "other training time (s)"]
     table = []
     for name, label in MODELS.items():
         cells = [r for r in results if r["model"] == name]
+        for cell in cells:  # the trainer's clock counts the steps only; the rest is forward updates, grids, files
+            cell["steps_s"] = checkpoints.load(out / f"{name}-seed{cell['seed']}" / images.CHECKPOINT)["state"][
+                "trainer"]["history"][-1]["time"]
         values = [mean_std(next(row["fd"] for row in c["rows"] if row["method"] == m and row["nfe"] == s) for c in cells)
                   for m in METHODS for s in budget["steps"]]
-        table.append([label, *values, mean_std(c["train_s"] for c in cells)])
+        table.append([label, *values, mean_std(c["steps_s"] for c in cells),
+                      mean_std(c["train_s"] - c["steps_s"] for c in cells)])
     command = "OMP_NUM_THREADS=1 python benchmarks/images_digits.py" + ("" if args.budget == "cpu" else f" --budget {args.budget}")
     b = budget
     text = "\n".join([

@@ -83,3 +83,9 @@ def test_gpu_images_smoke_runs_on_the_cpu(tmp_path):
     text = run("gpu_images.py", "--smoke", cwd=tmp_path)
     assert "| float32 | false |" in text and "| bfloat16 | false |" in text
     assert "| 20 x 16 |" in text and "| 1 x float32 |" in text  # the short run, and torchrun's one process
+
+
+def test_images_digits_smoke(tmp_path):
+    text = run("images_digits.py", "--budget", "smoke", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "| VP |" in text and "| VSDM (DCT-diagonal A_t) |" in text and "Held-out images against" in text
+    assert (tmp_path / "runs" / "vsdm-seed0" / "result.json").is_file()
