@@ -59,17 +59,20 @@ from torch import Tensor, nn
 from sde_control import checkpoints
 
 from .data.images import ImageDataset, Images, image_loader, random_hflip
+from .diagonal import DiagonalLinearSDE, exponential_sample
 from .evaluation.fid import RandomFeatures, features_of, image_scores, reference_cache_path, reference_features
+from .gddim import gddim_sample, time_grid
 from .networks.unet import UNet
 from .score_matching import sample_times
 from .score_model import ScoreModel, ScoreTraining
 from .vsdm import VSDM, VSDM_ONLY, VSDMTraining
 
-__all__ = ["FIDOptions", "ImageOptions", "Session", "evaluate", "generate", "image_network", "resolve_precision",
-           "save_grid", "session", "step_seed", "train", "training_config"]
+__all__ = ["FIDOptions", "ImageOptions", "SAMPLERS", "Session", "evaluate", "generate", "image_network",
+           "resolve_precision", "sample", "save_grid", "session", "step_seed", "train", "training_config"]
 
 CHECKPOINT, GRID, METRICS, GRIDS, SCORES = "checkpoint.pt", "samples.png", "metrics.csv", "grids", "fid.json"
 NETWORKS = ("auto", "ddpm", "tiny")
+SAMPLERS = ("sde", "ode", "gddim")
 _FORWARD = 1 << 30  # the seed stream of the forward updates, apart from the steps'
 
 
@@ -92,7 +95,7 @@ class ImageOptions:
         workers: data-loading processes per rank (decoding image folders; the in-memory sets need none).
         hflip: random horizontal flips; ``None``: the data set's own setting (true for CIFAR-10).
         checkpoint_images, sample_images: images between checkpoints and between sample grids.
-        grid, grid_steps, grid_method: samples in a grid, their steps and sampler.
+        grid, grid_steps, grid_method: samples in a grid, their steps and sampler (:func:`sample`).
         shared_noise: draw each global batch's noise once and slice it per rank (module docstring).
         tensorboard: also write TensorBoard events (needs the tensorboard package).
     """
@@ -133,7 +136,8 @@ class FIDOptions:
         checkpoint: the checkpoint to score; ``None``: ``checkpoint.pt`` of the run directory.
         samples: generated images per sampler and step count (the literature's FID: 50,000), split over the ranks.
         batch: images generated at once on each rank.
-        methods: samplers (``sde``: Euler-Maruyama on the reverse SDE; ``ode``: the probability flow).
+        methods: samplers (:func:`sample`: ``sde`` Euler-Maruyama on the reverse SDE, ``ode`` the probability flow,
+            ``gddim`` the exponential integrator).
         steps: step counts (one NFE sweep point each).
         extractor: ``"inception"`` (the TF-FID Inception-v3, FID proper), ``"classifier"`` (the digits
             classifier: the Frechet distance in its features), ``"random"`` (a fixed random network: smoke tests
@@ -147,7 +151,7 @@ class FIDOptions:
     checkpoint: str | None = None
     samples: int = 50_000
     batch: int = 250
-    methods: list[str] = field(default_factory=lambda: ["sde", "ode"])
+    methods: list[str] = field(default_factory=lambda: ["sde", "ode", "gddim"])
     steps: list[int] = field(default_factory=lambda: [200])
     extractor: str = "auto"
     inception: str | None = None
@@ -360,13 +364,38 @@ def save_grid(images: Tensor, path: str | os.PathLike, columns: int | None = Non
 
 
 @torch.no_grad()
+def sample(model: ScoreModel, n: int, steps: int, method: str = "sde", seed: int | None = None) -> Tensor:
+    """``n`` samples ``(n, dim)`` of the model's averaged network from the prior ``N(0, I)`` by ``steps`` steps of a
+    sampler that integrates the model's own forward process (VSDM's learned ``A_t`` included):
+
+    * ``"sde"``: Euler-Maruyama on the reverse SDE (the VSDM paper's sampler, 200 steps);
+    * ``"ode"``: Euler on the probability-flow ODE;
+    * ``"gddim"``: gDDIM's deterministic exponential integrator of order 1 on its quadratic time grid
+      (:func:`~sde_control.generative.gddim.gddim_sample`; for a process diagonal in a basis its closed form per
+      coordinate, :func:`~sde_control.generative.diagonal.exponential_sample`; for VP it is DDIM).
+
+    Each uses one score evaluation per step.
+    """
+    if method in ("sde", "ode"):
+        return model.sample(n, steps, method=method, seed=seed)
+    if method != "gddim":
+        raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
+    generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
+    x_T = torch.randn(n, model.dim, generator=generator, device=model.device)
+    times = time_grid(model.sde.T, model.t_min, steps)
+    if isinstance(model.sde, DiagonalLinearSDE):
+        return exponential_sample(model.sde, model.score, x_T, times)
+    return gddim_sample(model.sde, model.score, x_T, steps, times=times)
+
+
+@torch.no_grad()
 def generate(model: ScoreModel, data: Images, n: int, steps: int, method: str, seed: int,
              batch: int = 500) -> Tensor:
-    """``n`` samples of the model's averaged network as uint8 images ``(n, C, H, W)`` (0..255), in batches of
-    ``batch``, from ``seed`` (batch ``i`` from ``seed + i``)."""
+    """``n`` samples (:func:`sample`) of the model's averaged network as uint8 images ``(n, C, H, W)`` (0..255), in
+    batches of ``batch``, from ``seed`` (batch ``i`` from ``seed + i``)."""
     out = []
     for index, start in enumerate(range(0, n, batch)):
-        y = model.sample(min(batch, n - start), steps, method=method, seed=seed + index)
+        y = sample(model, min(batch, n - start), steps, method, seed=seed + index)
         levels = data.transform.from_model(y.reshape(-1, *data.shape).float())
         out.append(data.transform.to_uint8(levels).cpu())
     return torch.cat(out)
