@@ -8,6 +8,7 @@ results.
     sde-generative data=digits model=vsdm            # images: the embedded digits (sde_control.generative.images)
     torchrun --nproc_per_node=8 -m sde_control.generative data=cifar10 data.root=~/data preset=paper \
         hydra.run.dir=runs/vp model=vp               # CIFAR-10 on 8 GPUs; again with more iterations: resumes
+    sde-generative task=sample hydra.run.dir=runs/vp data=cifar10 data.root=~/data   # a grid per sampler
     sde-generative task=fid hydra.run.dir=runs/vp data=cifar10 data.root=~/data fid.inception=~/pt_inception.pth
 
 The configuration lives in ``configs/`` (``generative.yaml`` and the groups ``data`` and ``model``). The run
@@ -41,7 +42,7 @@ from .score_model import ScoreModel
 from .vsdm import VSDM, VSDMTraining, fit_equal_budget
 
 TABLE, METRICS, SAMPLES, PLOT = "results.md", "results.json", "samples.pt", "trajectories.png"
-TASKS = ("train", "fid")
+TASKS = ("train", "sample", "fid")
 
 ConfigStore.instance().store(group="schema", name="vsdm_training", node=VSDMTraining)
 ConfigStore.instance().store(group="schema", name="image_options", node=images.ImageOptions)
@@ -103,13 +104,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def run_images(cfg: DictConfig, out_dir: Path, data: Images) -> dict[str, Any]:
-    """An image run (:mod:`sde_control.generative.images`): train the model (``task=train``) or score the run's
-    checkpoint (``task=fid``), on every rank of a ``torchrun`` launch, all writing into rank 0's run directory."""
+    """An image run (:mod:`sde_control.generative.images`): train the model (``task=train``), draw a grid per
+    sampler from the run's checkpoint (``task=sample``) or score it (``task=fid``), on every rank of a ``torchrun``
+    launch, all writing into rank 0's run directory."""
     options: images.ImageOptions = OmegaConf.to_object(cfg.images)
     with images.session(options.device) as session:
         out_dir = Path(session.broadcast(str(out_dir)))
         if cfg.task == "fid":
             return _score_images(cfg, out_dir, data, session)
+        if cfg.task == "sample":
+            return _sample_images(cfg, out_dir, data, session)
         network = images.image_network(data.shape, options.network, **options.network_options)
         extra: dict[str, Any] = {"network": network}
         if options.ema_halflife_images is not None:  # per step: 0.5 ** (images per step / half-life)
@@ -124,13 +128,30 @@ def run_images(cfg: DictConfig, out_dir: Path, data: Images) -> dict[str, Any]:
         return summary
 
 
-def _score_images(cfg: DictConfig, out_dir: Path, data: Images, session: images.Session) -> dict[str, Any]:
-    fid: images.FIDOptions = OmegaConf.to_object(cfg.fid)
+def _trained_model(fid: images.FIDOptions, out_dir: Path, session: images.Session) -> ScoreModel:
     path = Path(fid.checkpoint).expanduser() if fid.checkpoint else out_dir / images.CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: train first (task=train with the same hydra.run.dir), or "
                                 f"give fid.checkpoint=PATH")
-    model = images.load_model(path, session.device)
+    return images.load_model(path, session.device)
+
+
+def _sample_images(cfg: DictConfig, out_dir: Path, data: Images, session: images.Session) -> dict[str, Any]:
+    """``task=sample``: a grid of ``images.grid`` samples for each of ``fid.methods`` at each of ``fid.steps``."""
+    fid: images.FIDOptions = OmegaConf.to_object(cfg.fid)
+    model, written = _trained_model(fid, out_dir, session), []
+    if session.main:
+        for method in fid.methods:
+            for steps in fid.steps:
+                grid = images.generate(model, data, cfg.images.grid, steps, method, seed=fid.seed, batch=fid.batch)
+                written.append(str(images.save_grid(grid, out_dir / f"samples-{method}-{steps}.png")))
+        print("\n".join(written))
+    return {"grids": written}
+
+
+def _score_images(cfg: DictConfig, out_dir: Path, data: Images, session: images.Session) -> dict[str, Any]:
+    fid: images.FIDOptions = OmegaConf.to_object(cfg.fid)
+    model = _trained_model(fid, out_dir, session)
     digits = None
     if cfg.data._target_.endswith(".digits"):
         digits = {k: cfg.data[k] for k in ("image_size", "channels", "resize")}

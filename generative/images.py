@@ -405,6 +405,7 @@ def generate(model: ScoreModel, data: Images, n: int, steps: int, method: str, s
 def _sigterm_interrupts() -> Iterator[None]:
     """A scheduler's SIGTERM (Slurm's preemption notice) raises ``KeyboardInterrupt``, so the trainer writes its
     checkpoint before the process ends (main thread only)."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -454,9 +455,9 @@ def train(model: ScoreModel, data: Images, config: ScoreTraining, options: Image
     log = _ScalarLog(run_dir, config.batch_size, options.tensorboard) if session.main else None
 
     def write_grid(iteration: int) -> None:
-        images = generate(model, data, options.grid, options.grid_steps, options.grid_method, seed)
-        save_grid(images, run_dir / GRIDS / f"{iteration * config.batch_size:012d}.png")
-        save_grid(images, run_dir / GRID)
+        grid = generate(model, data, options.grid, options.grid_steps, options.grid_method, seed)
+        save_grid(grid, run_dir / GRIDS / f"{iteration * config.batch_size:012d}.png")
+        save_grid(grid, run_dir / GRID)
 
     def between_steps() -> dict[str, float]:
         iteration = trainer.iteration
