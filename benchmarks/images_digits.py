@@ -53,7 +53,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": dict(iterations=3000, batch_size=64, stage_iterations=750, paths=256, path_steps=50, forward_iterations=100,
                 steps=(10, 20, 50, 100), samples=1000, seeds=(0,), bpd_repeats=4),
     "smoke": dict(iterations=8, batch_size=16, stage_iterations=4, paths=8, path_steps=4, forward_iterations=3,
-                  steps=(2, 4), samples=32, seeds=(0,), bpd_repeats=1),
+                  steps=(2,), samples=32, seeds=(0,), bpd_repeats=1),
 }
 
 
