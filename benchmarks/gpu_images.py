@@ -111,10 +111,11 @@ def short_run(device: torch.device, smoke: bool, directory: Path) -> list[str]:
     data = digits("train", image_size=size, resize="nearest")
     torch.manual_seed(0)
     model = ScoreModel(math.prod(data.shape), VP(0.1, 20.0), network(data.shape, smoke), ema_decay=0.999)
-    config = images.training_config(model, dict(iterations=iterations, batch_size=batch, stages=1, lr=2e-4 * (10 if smoke else 1),
-                                                lr_final=1.0, warmup=0 if smoke else 200, progress=False))
-    options = images.ImageOptions(checkpoint_images=10**12, sample_images=10**12, grid=64, grid_steps=10 if smoke else 100,
-                                  workers=0)
+    config = images.training_config(model, dict(iterations=iterations, batch_size=batch, stages=1,
+                                                lr=2e-3 if smoke else 2e-4, lr_final=1.0, warmup=0 if smoke else 200,
+                                                progress=False))
+    options = images.ImageOptions(checkpoint_images=10**12, sample_images=10**12, grid=64,
+                                  grid_steps=10 if smoke else 100, workers=0)
     session = images.Session(0, 1, device)
     started = time.perf_counter()
     images.train(model, data, config, options, directory, session)
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         forward = forward_update_cost(device, args.smoke, step_seconds)
         run = short_run(device, args.smoke, Path(tmp) / "digits")
         ddp = torchrun_path(args.smoke, Path(tmp) / "torchrun")
-    size = "tiny U-Net, 8 x 8 x 1, batch 16 (smoke)" if args.smoke else "DDPM U-Net (35,746,307 parameters), 32 x 32 x 3, batch 128"
+    size = ("tiny U-Net, 8 x 8 x 1, batch 16 (smoke)" if args.smoke
+            else "DDPM U-Net (35,746,307 parameters), 32 x 32 x 3, batch 128")
     text = "\n".join([
         "## GPU: throughput, memory, a short run and the distributed path",
         "",

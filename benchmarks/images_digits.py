@@ -119,7 +119,8 @@ def held_out_bits_per_dim(model: ScoreModel, repeats: int) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="run folders (default benchmarks/results/images_digits/<budget>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run folders (default benchmarks/results/images_digits/<budget>)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     budget = BUDGETS[args.budget]
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                                for c in cells) for s in budget["steps"]]
             shared = [bpd, mean_std(c["steps_s"] for c in cells), mean_std(c["train_s"] - c["steps_s"] for c in cells)]
             table.append([label if index == 0 else "", method, *values, *(shared if index == 0 else [""] * 3)])
-    command = "OMP_NUM_THREADS=1 python benchmarks/images_digits.py" + ("" if args.budget == "cpu" else f" --budget {args.budget}")
+    command = "OMP_NUM_THREADS=1 python benchmarks/images_digits.py"
+    command += "" if args.budget == "cpu" else f" --budget {args.budget}"
     b = budget
     text = "\n".join([
         "## Measured: VP against VSDM on the embedded digits (CPU)",

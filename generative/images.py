@@ -355,7 +355,8 @@ def save_grid(images: Tensor, path: str | os.PathLike, columns: int | None = Non
     canvas = torch.full((channels, rows * (height + 1) + 1, columns * (width + 1) + 1), 255, dtype=torch.uint8)
     for index, image in enumerate(images.cpu()):
         r, c = divmod(index, columns)
-        canvas[:, 1 + r * (height + 1):1 + r * (height + 1) + height, 1 + c * (width + 1):1 + c * (width + 1) + width] = image
+        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
+        canvas[:, top:top + height, left:left + width] = image
     array = canvas.permute(1, 2, 0).numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -504,9 +505,10 @@ def _resume(model: ScoreModel, config: ScoreTraining, path: Path, seed: int, ses
     data = checkpoints.load(path, map_location=session.device)
     checkpoints.check_resumable(path, {k: data[k] for k in ("model", "spec", "training")},
                                 model.checkpoint_header(config), type(config).RESUMABLE + ("precision", "accumulation"))
-    if data.get("run", {}).get("seed") != seed:
-        raise checkpoints.CheckpointError(f"{path} was trained with seed {data.get('run', {}).get('seed')}, not {seed}: "
-                                          "a resumed run continues the same random stream; give the same seed")
+    saved_seed = data.get("run", {}).get("seed")
+    if saved_seed != seed:
+        raise checkpoints.CheckpointError(f"{path} was trained with seed {saved_seed}, not {seed}: a resumed run "
+                                          "continues the same random stream; give the same seed")
     model.load_state_dict(data["state"])
     return True
 

@@ -87,7 +87,8 @@ class EagerStepper:
         self.module, self.optimizer, self.ema, self.loss_fn, self.lr_at = module, optimizer, ema, loss_fn, lr_at
         self.replica = module if replica is None else replica
         self.grad_clip = math.inf if grad_clip is None else grad_clip
-        self.dtype, self.accumulation, self.scaler, self.patience = PRECISIONS[precision], accumulation, scaler, patience
+        self.dtype, self.accumulation, self.scaler = PRECISIONS[precision], accumulation, scaler
+        self.patience = patience
         self.params = trainable(module)
         self.records: list[dict[str, Any]] = []
         self.skipped_in_row = 0

@@ -202,7 +202,8 @@ class Trainer:
         """Run ``config.iterations`` optimisation steps (with ``resume``, finish or extend the loaded run instead).
 
         ``evaluate()`` is called every ``evaluate_every`` steps and at the end, before the step's record enters the
-        history; the metrics it returns are added to the record (its time is kept out of the ``time`` column); ``checkpoint()`` every ``config.checkpoint_every`` steps, at the end, and
+        history; the metrics it returns are added to the record (its time is kept out of the ``time`` column).
+        ``checkpoint()`` is called every ``config.checkpoint_every`` steps, at the end, and
         when the run is interrupted (``KeyboardInterrupt``, ``SystemExit``) after its last checkpoint. Raises
         :class:`TrainingDivergedError` when more than ``config.nonfinite_patience`` steps in a row have a non-finite
         loss or gradient, before any update with them is kept. The progress bar counts ``unit_scale`` ``unit`` per
@@ -259,9 +260,9 @@ class Trainer:
                      else f"the last checkpoint holds iteration {self.last_checkpoint}")
             streak = f" ({error.in_row} non-finite steps in a row)" if error.in_row > 1 else ""
             raise TrainingDivergedError(
-                f"training stopped at iteration {error.iteration}: the {error.what} is {error.value}{streak}. No update "
-                f"with it was kept, so the weights are those of iteration {error.weights_from}; {saved}. Try a smaller "
-                f"learning rate, a tighter clip, or check the target's log_prob for overflow.") from None
+                f"training stopped at iteration {error.iteration}: the {error.what} is {error.value}{streak}. No "
+                f"update with it was kept, so the weights are those of iteration {error.weights_from}; {saved}. Try a "
+                f"smaller learning rate, a tighter clip, or check the target's log_prob for overflow.") from None
         except (KeyboardInterrupt, SystemExit):
             if checkpoint is not None and self.last_checkpoint != self.iteration:
                 checkpoint()

@@ -170,7 +170,7 @@ def test_forward_update_has_the_fixed_point_and_the_pull_in_the_basis():
 
 
 class ExactNoise(torch.nn.Module):
-    """The noise prediction of the exact score of N(MEAN, COV) under ``sde`` (diagonal: L_t = B^T diag(sqrt gamma) B)."""
+    """The noise prediction of the exact score of N(MEAN, COV) under ``sde`` (L_t = B^T diag(sqrt gamma) B)."""
 
     def __init__(self, sde):
         super().__init__()
@@ -185,8 +185,9 @@ class ExactNoise(torch.nn.Module):
 def test_every_sampler_integrates_the_learned_A_t():
     """The VSDM reference code's image sampler ignores its learned A: with the exact score of a process whose A_t is
     far from 0, integrating VP's drift instead gives the wrong law; ours returns the data's covariance with the
-    reverse SDE, the probability-flow ODE and gDDIM's exponential integrator. (A_t: strong contraction of the long axis and expansion of the short
-    one on [0, T/2), VP after, so that the terminal law is N(0, I) within 2 % and the prior draw is exact enough.)"""
+    reverse SDE, the probability-flow ODE and gDDIM's exponential integrator. (A_t: strong contraction of the long
+    axis and expansion of the short one on [0, T/2), VP after, so that the terminal law is N(0, I) within 2 % and the
+    prior draw is exact enough.)"""
     model = VSDM(2, basis="dct", image_shape=(1, 1, 2), knots=2, ema_decay=None, forward_ema_decay=None)
     with torch.no_grad():
         model.sde.weight.copy_(torch.tensor([[-1.5, 0.3], [0.0, 0.0]], **f64))

@@ -36,7 +36,8 @@ def test_the_image_command_trains_resumes_and_scores(tmp_path):
     for name in ("checkpoint.pt", "samples.png", "metrics.csv", "grids/000000000160.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # data only
-    assert saved["run"]["step"] == 20 and saved["state"]["stage"] == 2 and "forward_objective" in saved["state"]["stages"][0]
+    assert saved["run"]["step"] == 20 and saved["state"]["stage"] == 2
+    assert "forward_objective" in saved["state"]["stages"][0]
     model = ScoreModel.load(tmp_path / "checkpoint.pt")  # the U-Net and the DCT-diagonal forward are rebuilt
     assert isinstance(model, VSDM) and isinstance(model.network, UNet) and model.sde.basis.kind == "dct"
 
@@ -88,7 +89,8 @@ def state(model):
     return {**{f"network.{k}": v for k, v in model.network.state_dict().items()},
             **{f"ema.{k}": v for k, v in model.trainer.averaged.state_dict().items()},
             "forward": model.forward_trainer.module.weight, "forward_ema": model.sde.weight,
-            **{f"adam.{i}.{k}": v for i, s in model.trainer.optimizer.state_dict()["state"].items() for k, v in s.items()}}
+            **{f"adam.{i}.{k}": v for i, s in model.trainer.optimizer.state_dict()["state"].items()
+               for k, v in s.items()}}
 
 
 def test_an_interrupted_and_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, monkeypatch):
