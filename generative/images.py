@@ -441,7 +441,8 @@ def train(model: ScoreModel, data: Images, config: ScoreTraining, options: Image
     config = dataclasses.replace(config, precision=precision)
     if session.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = options.tf32
-    model.to(session.device)
+    if model.device != session.device:
+        model.to(session.device)
     path = run_dir / CHECKPOINT
     resumed = _resume(model, config, path, seed, session)
     model.training_config = config
