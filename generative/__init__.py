@@ -11,7 +11,7 @@ learns the forward process's drift matrix as well (Deng et al., ICML 2024). :mod
 2-d data sets and the validation of user data.
 """
 
-from . import data
+from . import data, images
 from .forward import TimeDependentVSDMForward, VSDMForward
 from .score_model import ScoreModel
 from .vsdm import VSDM, fit_equal_budget

@@ -19,6 +19,7 @@ from torch import Tensor
 from sde_control.integrate import SOLVERS, solve
 from sde_control.sdes import LinearSDE, blockwise
 
+from .diagonal import DiagonalLinearSDE
 from .score_matching import Score
 
 METHODS = ("ode", "sde")
@@ -42,9 +43,18 @@ def reverse_paths(sde: LinearSDE, score: Score, x_T: Tensor, steps: int, t_min: 
     if not 0 < t_min < sde.T:
         raise ValueError(f"t_min must lie in (0, T = {sde.T}), got {t_min}")
     times = torch.linspace(sde.T, t_min, steps + 1, dtype=torch.float64)
+    factor = 0.5 if method == "ode" else 1.0
+    if isinstance(sde, DiagonalLinearSDE):  # F = B^T diag(f) B and G G^T = g^2 I as operators: O(d) per step
+        drift, diffusion = _diagonal_coefficients(sde, score, times, factor, method)
+    else:
+        drift, diffusion = _block_coefficients(sde, score, times, factor, method)
+    return solve(drift, x_T, sde.T - times, diffusion=diffusion, method=solver, seed=seed)
+
+
+def _block_coefficients(sde: LinearSDE, score: Score, times: Tensor, factor: float, method: str):
+    """The drift ``-F x + factor G G^T s`` and (reverse SDE) diffusion ``G xi`` with ``K x K`` blocks."""
     with torch.no_grad():
         F, GG = sde.drift_matrix(times).double(), sde.noise_matrix(times).double()
-    factor = 0.5 if method == "ode" else 1.0
 
     def drift(x: Tensor, k: int) -> Tensor:
         return -blockwise(F[k], x) + factor * blockwise(GG[k], score(x, times[k]))
@@ -57,4 +67,18 @@ def reverse_paths(sde: LinearSDE, score: Score, x_T: Tensor, steps: int, t_min: 
         def diffusion(k: int, xi: Tensor) -> Tensor:
             return blockwise(G[k], xi)
 
-    return solve(drift, x_T, sde.T - times, diffusion=diffusion, method=solver, seed=seed)
+    return drift, diffusion
+
+
+def _diagonal_coefficients(sde: DiagonalLinearSDE, score: Score, times: Tensor, factor: float, method: str):
+    """The drift ``-F x + factor g^2 s`` and (reverse SDE) diffusion ``g xi`` of a process diagonal in a basis."""
+    with torch.no_grad():
+        g2 = sde.g2(times).cpu()
+
+    def drift(x: Tensor, k: int) -> Tensor:
+        return -sde.drift(x, times[k]) + factor * float(g2[k]) * score(x, times[k])
+
+    def diffusion(k: int, xi: Tensor) -> Tensor:
+        return float(g2[k]) ** 0.5 * xi
+
+    return drift, diffusion if method == "sde" else None

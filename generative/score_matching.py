@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from sde_control.sdes import LinearSDE, blockwise
 
+from .diagonal import DiagonalLinearSDE
+
 Score = Callable[[Tensor, Tensor], Tensor]
 """``s(x, t)``: states (n, d) and noising times (0-dim, or (n,)) -> scores (n, d)."""
 
@@ -36,25 +38,31 @@ def sample_times(n: int, T: float, t_min: float, generator: torch.Generator | No
     return t_min + (T - t_min) * torch.rand(n, dtype=torch.float64, generator=generator)
 
 
-def dsm_loss(network: nn.Module, sde: LinearSDE, x0: Tensor, t_min: float, condition: Tensor | None = None) -> Tensor:
+def dsm_loss(network: nn.Module, sde: LinearSDE, x0: Tensor, t_min: float, condition: Tensor | None = None, *,
+             t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
     r"""One Monte Carlo estimate of :math:`\mathcal L` (module docstring) on the batch ``x0`` (n, d).
 
     ``condition`` (one row per sample, e.g. the context window of a forecast) is passed to the network as its third
     argument, ``network(x_t, t, condition)``: the conditional score of ``x_0`` given it. The transitions are computed
-    without gradient (the forward process is frozen while the score is fitted).
+    without gradient (the forward process is frozen while the score is fitted). ``t`` (n,) and ``eps`` (n, d) may be
+    given instead of drawn (e.g. slices of one draw for a whole batch split across processes).
     """
-    t = sample_times(x0.shape[0], sde.T, t_min).to(x0.device)
-    with torch.no_grad():
-        psi, sigma = sde.transition_matrices(torch.zeros_like(t), t)
-        chol = torch.linalg.cholesky(sigma)
-    eps = torch.randn_like(x0)
-    xt = blockwise(psi, x0) + blockwise(chol, eps)
+    t = sample_times(x0.shape[0], sde.T, t_min).to(x0.device) if t is None else t
+    eps = torch.randn_like(x0) if eps is None else eps
+    with torch.no_grad(), torch.autocast(x0.device.type, enabled=False):  # x_t in x0's precision under autocast
+        if isinstance(sde, DiagonalLinearSDE):  # the closed form of a process diagonal in a basis: O(d)
+            xt = sde.perturb(x0, t, eps)
+        else:
+            psi, sigma = sde.transition_matrices(torch.zeros_like(t), t)
+            xt = blockwise(psi, x0) + blockwise(torch.linalg.cholesky(sigma), eps)
     eps_hat = network(xt, t.to(x0.dtype)) if condition is None else network(xt, t.to(x0.dtype), condition)
     return (eps_hat - eps).square().sum(-1).mean()
 
 
 def noise_to_score(sde: LinearSDE, eps_hat: Tensor, t: Tensor) -> Tensor:
     """``s = -L_t^{-T} eps_hat`` for noising times ``t`` (0-dim or (n,))."""
+    if isinstance(sde, DiagonalLinearSDE):
+        return sde.noise_to_score(eps_hat, t)
     t = torch.as_tensor(t, dtype=torch.float64)
     _, sigma = sde.transition_matrices(torch.zeros_like(t), t)
     inverse_transpose = torch.linalg.inv(torch.linalg.cholesky(sigma)).transpose(-1, -2)

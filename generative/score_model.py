@@ -90,20 +90,24 @@ class ScoreModel(Checkpointable):
         return self.trainer.history
 
     # ------------------------------------------------------------------ training
-    def loss(self, x0: Tensor, network: nn.Module | None = None, condition: Tensor | None = None) -> Tensor:
+    def loss(self, x0: Tensor, network: nn.Module | None = None, condition: Tensor | None = None, *,
+             t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
         """The DSM loss on the batch ``x0`` for ``network`` (default: the one being trained), conditioned on
-        ``condition`` where the model is conditional."""
-        return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min, condition)
+        ``condition`` where the model is conditional; ``t`` and ``eps`` may be given instead of drawn."""
+        return dsm_loss(self.network if network is None else network, self.sde, x0, self.t_min, condition, t=t, eps=eps)
 
     def _batch_loss(self, data: Tensor | BatchSource, batch_size: int) -> LossFn:
         """The DSM loss on a fresh batch per step: random rows of a tensor, or a :class:`BatchSource`'s draw."""
 
+        network = self.trainer.training_module  # under torch.distributed, the wrapper that averages gradients
+
         def step(iteration: int) -> tuple[Tensor, dict[str, float]]:
             if isinstance(data, Tensor):
-                return self.loss(data[torch.randint(0, data.shape[0], (batch_size,))]), {}
+                return self.loss(data[torch.randint(0, data.shape[0], (batch_size,))], network), {}
             batch = data.sample(batch_size)
             x0, condition = batch if isinstance(batch, tuple) else (batch, None)
-            return self.loss(x0.to(self.device), condition=None if condition is None else condition.to(self.device)), {}
+            return self.loss(x0.to(self.device), network,
+                             None if condition is None else condition.to(self.device)), {}
 
         return step
 
@@ -127,6 +131,11 @@ class ScoreModel(Checkpointable):
             description=f"{type(self).__name__} (DSM)",
             checkpoint=None if checkpoint is None else lambda: self.save(checkpoint),
         )
+
+    def to(self, device: torch.device | str) -> ScoreModel:
+        """Move the networks, their averages and optimiser states to ``device`` (before training)."""
+        self.trainer.to(device)
+        return self
 
     # ------------------------------------------------------------------ inference
     @property

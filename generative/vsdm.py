@@ -37,9 +37,10 @@ schedule.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,7 @@ from sde_control.specs import spec_of
 from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
 from .data import validate
+from .diagonal import DiagonalVSDMForward, backward_statistics, diagonal_objective
 from .forward import TimeDependentVSDMForward, VSDMForward
 from .sampling import reverse_paths
 from .score_model import ScoreModel, ScoreTraining
@@ -88,11 +90,17 @@ class VSDMTraining(ScoreTraining):
 
 
 class VSDM(ScoreModel):
-    """VSDM with a piecewise-linear ``A_t`` between ``knots`` matrices, or (``time_dependent=False``) one ``A``.
+    """VSDM with a piecewise-linear ``A_t`` between ``knots`` matrices, or (``time_dependent=False``) one ``A``; with
+    ``basis``, ``A_t`` diagonal in that orthonormal basis instead (images, :mod:`sde_control.generative.diagonal`).
 
     Args:
         dim: data dimension (the forward matrix is ``dim x dim``).
-        time_dependent, knots: the parameterisation of ``A_t`` (:mod:`sde_control.generative.forward`).
+        time_dependent, knots: the parameterisation of ``A_t`` (:mod:`sde_control.generative.forward`); with
+            ``basis``, ``A_t`` is constant on ``knots`` equal intervals of ``[0, T]`` (one with
+            ``time_dependent=False``).
+        basis: ``None`` (a full matrix), ``"dct"`` (per channel frequencies) or ``"pixel"``: ``A_t`` diagonal in it,
+            with closed-form transitions at any dimension.
+        image_shape: ``(C, H, W)`` with ``C H W = dim``, for the DCT basis.
         beta_min, beta_max, T: the VP schedule the forward process starts from (the paper: 0.1, 10, 1).
         zeta: weight of the divergence term of the forward objective (module docstring).
         network, width, depth, t_min, ema_decay: of the score model (:class:`ScoreModel`).
@@ -104,10 +112,19 @@ class VSDM(ScoreModel):
     def __init__(self, dim: int, *, time_dependent: bool = True, knots: int = 3, beta_min: float = 0.1,
                  beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, network: nn.Module | None = None,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99,
-                 forward_ema_decay: float | None = 0.9):
-        forward = (TimeDependentVSDMForward(dim, knots, beta_min, beta_max, T) if time_dependent
-                   else VSDMForward(dim, beta_min, beta_max, T))
-        self.forward_trainer = Trainer(forward, ema_decay=forward_ema_decay)
+                 forward_ema_decay: float | None = 0.9, basis: str | None = None,
+                 image_shape: Sequence[int] | None = None):
+        if basis is not None:
+            shape = (dim,) if image_shape is None else tuple(image_shape)
+            if math.prod(shape) != dim:
+                raise ValueError(f"image_shape {shape} has {math.prod(shape)} entries, not dim = {dim}")
+            forward = DiagonalVSDMForward(shape, basis, knots if time_dependent else 1, beta_min, beta_max, T)
+        elif time_dependent:
+            forward = TimeDependentVSDMForward(dim, knots, beta_min, beta_max, T)
+        else:
+            forward = VSDMForward(dim, beta_min, beta_max, T)
+        # Every rank takes the same forward steps from statistics reduced over the ranks: no gradient averaging.
+        self.forward_trainer = Trainer(forward, ema_decay=forward_ema_decay, distribute=False)
         self.zeta = float(zeta)
         self.stage = 0
         self.stages: list[dict[str, Any]] = []
@@ -118,6 +135,11 @@ class VSDM(ScoreModel):
     def sde(self) -> VSDMForward | TimeDependentVSDMForward:
         """The averaged forward process: the score is fitted on it and samples integrate it."""
         return self.forward_trainer.averaged
+
+    def to(self, device: torch.device | str) -> VSDM:
+        super().to(device)
+        self.forward_trainer.to(device)
+        return self
 
     def vp_baseline(self) -> ScoreModel:
         """An untrained score model on plain VP with this model's schedule, network and settings (stage 0)."""
@@ -151,16 +173,24 @@ class VSDM(ScoreModel):
                              description=f"VSDM stage {stage + 1}/{stages}")
             record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(), "prior_kl": self.prior_kl(x)}
             if stage < stages - 1 and config.forward_iterations > 0:
-                forward = TrainConfig(iterations=config.forward_iterations, lr=config.forward_lr * decay,
-                                      weight_decay=0.0, grad_clip=None, lr_final=1.0, progress=False)
-                history = self.forward_trainer.fit(
-                    self._forward_objective(config.paths, config.path_steps, config.forward_batch), forward)
-                record["forward_objective"] = history[-1]["loss"]
+                record["forward_objective"] = self.update_forward(config, stage)
             self.stages.append(record)
             self.stage = stage + 1
             if checkpoint is not None:
                 self.save(checkpoint)
         return self.stages
+
+    def update_forward(self, config: VSDMTraining, stage: int) -> float:
+        """The forward update that ends stage ``stage`` (counted from 0) of ``config``: ``forward_iterations`` Adam
+        steps on the objective of fresh backward paths, at ``forward_lr`` decayed as the stage's score learning rate;
+        returns the last objective value. With ``basis`` and under ``torch.distributed`` the ranks share the
+        ``paths`` and their statistics (:func:`~sde_control.generative.diagonal.backward_statistics`)."""
+        decay = config.lr_final ** (stage / config.stages)
+        forward = TrainConfig(iterations=config.forward_iterations, lr=config.forward_lr * decay, weight_decay=0.0,
+                              grad_clip=None, lr_final=1.0, progress=False)
+        history = self.forward_trainer.fit(
+            self._forward_objective(config.paths, config.path_steps, config.forward_batch), forward)
+        return history[-1]["loss"]
 
     @torch.no_grad()
     def _backward_statistics(self, paths: int, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -179,7 +209,11 @@ class VSDM(ScoreModel):
         return X, V, times, sde.beta(times) * dt
 
     def _forward_objective(self, paths: int, steps: int, batch: int | None) -> LossFn:
-        """:func:`variational_objective` on batches of ``batch`` (``None``: all) of ``paths`` fresh backward paths."""
+        """:func:`variational_objective` on batches of ``batch`` (``None``: all) of ``paths`` fresh backward paths
+        (with ``basis``: its closed form in the paths' statistics, :mod:`~sde_control.generative.diagonal`)."""
+        if isinstance(self.sde, DiagonalVSDMForward):
+            return diagonal_objective(self.forward_trainer.module, self.zeta,
+                                      backward_statistics(self.sde, self.score, paths, steps, self.t_min))
         X, V, times, weights = self._backward_statistics(paths, steps)
         forward = self.forward_trainer.module
 

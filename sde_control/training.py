@@ -3,10 +3,17 @@
 :class:`TrainConfig` holds the settings of a run (optimiser, schedules, cadences, precision); its defaults are
 the library's, in one place: ``Sampler.fit``, the generative models' ``fit`` and the command lines' YAML all read
 it (the samplers' and generative models' own configurations extend it). :class:`Trainer` owns one network with its
-Adam optimiser and EMA and runs a loss closure for a number of iterations: the learning-rate schedule, the
-progress bar, periodic evaluation and checkpoints, resumption, and the guard against non-finite losses. Steps are
-taken by a stepper (:mod:`sde_control.steppers`: eager, with mixed precision and gradient accumulation;
-:mod:`sde_control.cuda_graphs`: captured in a CUDA graph). Alternating schemes call several trainers in turn.
+Adam optimiser and EMA and runs a loss closure for a number of iterations: the learning-rate schedule (warm-up and
+stepwise decay), the progress bar, periodic evaluation and checkpoints (also when interrupted), resumption, and
+the guard against non-finite losses. Steps are taken by a stepper (:mod:`sde_control.steppers`: eager, with mixed
+precision and gradient accumulation; :mod:`sde_control.cuda_graphs`: captured in a CUDA graph). Alternating
+schemes call several trainers in turn.
+
+Distributed data parallel: when ``torch.distributed`` is initialised (``torchrun``), the trainer wraps its module
+in ``DistributedDataParallel`` (:attr:`Trainer.training_module`, the module a loss must call), so gradients are
+averaged over ranks; the EMA, the optimiser and the checkpoints hold the plain module, identical on every rank.
+What each rank draws (data, noise) and which rank writes files is the caller's business
+(:mod:`sde_control.generative.images` does both for images).
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Hashable
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .cuda_graphs import CudaGraphStepper
@@ -44,12 +53,18 @@ class TrainConfig:
         lr_final: learning-rate factor reached at the end of the run, in steps of ``lr_every`` iterations (the DIS
             paper: 1/50 every 100).
         lr_every: iterations per step of the learning-rate decay.
+        warmup: iterations of linear learning-rate warm-up from the start of training, ``lr * min(1, (i + 1) /
+            warmup)`` at iteration ``i`` (DDPM: 5000); 0 disables.
         progress: show a progress bar.
         checkpoint_every: iterations between checkpoints (when the run has a checkpoint file).
         precision: ``"float32"``, ``"float16"`` (with a gradient scaler) or ``"bfloat16"`` (autocast).
         accumulation: micro-batches per optimisation step (each of ``batch_size / accumulation``).
         cuda_graph: on a CUDA device, capture each step in a CUDA graph (:mod:`sde_control.cuda_graphs`).
         sync_every: with ``cuda_graph``, steps between reads and checks of the losses.
+        nonfinite_patience: steps in a row with a non-finite loss or gradient that are skipped (no update) before
+            training stops (:mod:`sde_control.steppers`); 0 stops at the first.
+        log_every: the history keeps the record of every ``log_every``-th step (and of skipped, evaluated and
+            checkpointed steps); 1 keeps all.
     """
 
     iterations: int = 1000
@@ -65,15 +80,24 @@ class TrainConfig:
     accumulation: int = 1
     cuda_graph: bool = False
     sync_every: int = 25
+    warmup: int = 0
+    nonfinite_patience: int = 0
+    log_every: int = 1
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "progress", "checkpoint_every", "sync_every")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "progress", "checkpoint_every", "sync_every",
+                                            "nonfinite_patience", "log_every")
     """Fields a resumed run may change (a longer run extends a finished one); any other difference is refused."""
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "lr_every", "checkpoint_every", "accumulation", "sync_every"):
+        for name in ("iterations", "batch_size", "lr_every", "checkpoint_every", "accumulation", "sync_every",
+                     "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("warmup", "nonfinite_patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         if not self.lr > 0 or not self.lr_final > 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0, lr_final > 0, weight_decay >= 0, got {self.lr}, {self.lr_final}, "
                              f"{self.weight_decay}")
@@ -104,10 +128,16 @@ def config_from(cls: type[TrainConfig], options: dict[str, Any]) -> TrainConfig:
 
 
 class Trainer:
-    """Optimises ``module`` with Adam and keeps an EMA of its weights (``ema_decay=None``: none)."""
+    """Optimises ``module`` with Adam and keeps an EMA of its weights (``ema_decay=None``: none).
 
-    def __init__(self, module: nn.Module, ema_decay: float | None = 0.999):
+    ``distribute=False`` keeps the module unwrapped under ``torch.distributed`` (a module every rank steps alike from
+    statistics it has already reduced, e.g. VSDM's forward matrices).
+    """
+
+    def __init__(self, module: nn.Module, ema_decay: float | None = 0.999, *, distribute: bool = True):
         self.module = module
+        self.distribute = distribute
+        self._replica: DistributedDataParallel | None = None
         self.optimizer = torch.optim.Adam(module.parameters())  # lr and weight decay come from each run's config
         self.ema = None if ema_decay is None else EMA(module, ema_decay)
         self.scaler: torch.amp.GradScaler | None = None
@@ -116,15 +146,44 @@ class Trainer:
         self.run: dict[str, int] | None = None  # {"start", "iterations"} of the current run
         self.last_checkpoint: int | None = None
 
+    def to(self, device: torch.device | str) -> Trainer:
+        """Move the module, its EMA and the optimiser's state to ``device`` (before any ``DistributedDataParallel``
+        wrapper is made, i.e. before training under ``torch.distributed``)."""
+        if self._replica is not None:
+            raise RuntimeError("move the module before training: its DistributedDataParallel wrapper exists already")
+        self.module.to(device)
+        if self.ema is not None:
+            self.ema.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value.to(device)
+        return self
+
+    @property
+    def training_module(self) -> nn.Module:
+        """The module a loss calls: under ``torch.distributed`` (and ``distribute``) its ``DistributedDataParallel``
+        wrapper, made on first use (every rank must reach it: the wrapper broadcasts rank 0's weights), which
+        averages gradients over ranks; otherwise the module itself."""
+        if not (self.distribute and dist.is_available() and dist.is_initialized()):
+            return self.module
+        if self._replica is None:
+            device = next(self.module.parameters()).device
+            self._replica = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None)
+        return self._replica
+
     @property
     def averaged(self) -> nn.Module:
         """The EMA of the module if there is one, else the module."""
         return self.module if self.ema is None else self.ema.module
 
     def learning_rate(self, config: TrainConfig, iteration: int | None = None) -> float:
-        """Stepwise decay within the current run: ``lr * lr_final ** (floor(j / every) * every / K)``."""
-        j = (self.iteration if iteration is None else iteration) - self.run["start"]
-        return config.lr * config.lr_final ** ((j // config.lr_every) * config.lr_every / self.run["iterations"])
+        """Stepwise decay within the current run, ``lr * lr_final ** (floor(j / every) * every / K)`` at its step
+        ``j`` of ``K``, times the warm-up factor ``min(1, (i + 1) / warmup)`` at the overall iteration ``i``."""
+        i = self.iteration if iteration is None else iteration
+        j = i - self.run["start"]
+        lr = config.lr * config.lr_final ** ((j // config.lr_every) * config.lr_every / self.run["iterations"])
+        return lr * min(1.0, (i + 1) / config.warmup) if config.warmup else lr
 
     def fit(
         self,
@@ -137,12 +196,18 @@ class Trainer:
         evaluate_every: int | None = None,
         checkpoint: Callable[[], None] | None = None,
         graph_key: Callable[[int], Hashable] | None = None,
+        unit: str = "it",
+        unit_scale: int = 1,
     ) -> list[dict[str, Any]]:
         """Run ``config.iterations`` optimisation steps (with ``resume``, finish or extend the loaded run instead).
 
-        ``evaluate()`` is called every ``evaluate_every`` steps and at the end (its time is kept out of the
-        ``time`` column of the history); ``checkpoint()`` every ``config.checkpoint_every`` steps and at the end.
-        Raises :class:`TrainingDivergedError` on a non-finite loss or gradient, before its update is kept.
+        ``evaluate()`` is called every ``evaluate_every`` steps and at the end, before the step's record enters the
+        history; the metrics it returns are added to the record (its time is kept out of the ``time`` column).
+        ``checkpoint()`` is called every ``config.checkpoint_every`` steps, at the end, and
+        when the run is interrupted (``KeyboardInterrupt``, ``SystemExit``) after its last checkpoint. Raises
+        :class:`TrainingDivergedError` when more than ``config.nonfinite_patience`` steps in a row have a non-finite
+        loss or gradient, before any update with them is kept. The progress bar counts ``unit_scale`` ``unit`` per
+        step (images per step: images/s and the ETA).
         ``graph_key`` (with ``config.cuda_graph`` and a graph-safe ``loss_fn``) keys the CUDA-graph captures: a
         new graph is captured whenever it changes.
         """
@@ -159,8 +224,10 @@ class Trainer:
         stepper = self._stepper(loss_fn, config, graph_key)
         deferred = isinstance(stepper, CudaGraphStepper)
         elapsed = self.history[-1]["time"] if resume and self.history else 0.0
-        bar = tqdm(total=config.iterations, initial=self.iteration - self.run["start"], desc=description,
-                   disable=not config.progress)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        bar = tqdm(total=config.iterations * unit_scale, initial=(self.iteration - self.run["start"]) * unit_scale,
+                   desc=description, disable=not config.progress or rank != 0, unit=unit,
+                   unit_scale=config.iterations * unit_scale >= 100_000)  # 1.2M, not 1200000
         postfix: dict[str, float] = {}
         try:
             while self.iteration < end:
@@ -173,14 +240,17 @@ class Trainer:
                 due = not deferred or done or due_eval or due_checkpoint or self.iteration % config.sync_every == 0
                 records = stepper.flush() if due else []
                 elapsed += time.perf_counter() - started
-                bar.update(taken)
-                for record in records:
+                bar.update(taken * unit_scale)
+                evaluation = evaluate() if due_eval else {}
+                if evaluation:
+                    records[-1].update(evaluation)
+                kept = [r for r in records if r["iteration"] % config.log_every == 0 or "skipped" in r
+                        or r is records[-1] and (done or evaluation or due_checkpoint)]
+                for record in kept:
                     record["time"] = elapsed
                     self.history.append(record)
                     postfix = {k: v for k, v in record.items() if k in ("loss", "log_z", "ess")} or postfix
                     bar.set_postfix(postfix, refresh=False)
-                if due_eval:
-                    records[-1].update(evaluate())
                 if due_checkpoint:
                     checkpoint()
                     self.last_checkpoint = self.iteration
@@ -188,10 +258,16 @@ class Trainer:
             self.iteration = error.weights_from
             saved = ("no checkpoint was written" if self.last_checkpoint is None
                      else f"the last checkpoint holds iteration {self.last_checkpoint}")
+            streak = f" ({error.in_row} non-finite steps in a row)" if error.in_row > 1 else ""
             raise TrainingDivergedError(
-                f"training stopped at iteration {error.iteration}: the {error.what} is {error.value}. No update with "
-                f"it was kept, so the weights are those of iteration {error.weights_from}; {saved}. Try a smaller "
-                f"learning rate, a tighter clip, or check the target's log_prob for overflow.") from None
+                f"training stopped at iteration {error.iteration}: the {error.what} is {error.value}{streak}. No "
+                f"update with it was kept, so the weights are those of iteration {error.weights_from}; {saved}. Try a "
+                f"smaller learning rate, a tighter clip, or check the target's log_prob for overflow.") from None
+        except (KeyboardInterrupt, SystemExit):
+            if checkpoint is not None and self.last_checkpoint != self.iteration:
+                checkpoint()
+                self.last_checkpoint = self.iteration
+            raise
         finally:
             bar.close()
         return self.history
@@ -206,14 +282,16 @@ class Trainer:
                               "with the same deferred loss checks", stacklevel=4)
             if graph_key is None:
                 raise ValueError("cuda_graph=True needs a graph key (the losses' capture-relevant settings)")
-            if config.precision != "float32" or config.accumulation != 1:
-                raise ValueError("cuda_graph=True runs float32 steps without accumulation")
+            if config.precision != "float32" or config.accumulation != 1 or config.nonfinite_patience:
+                raise ValueError("cuda_graph=True runs float32 steps without accumulation and stops at the first "
+                                 "non-finite loss (nonfinite_patience=0)")
             return CudaGraphStepper(self.module, self.optimizer, self.ema, loss_fn, config.grad_clip, lr_at, graph_key)
         if config.precision == "float16" and self.scaler is None:
             self.scaler = torch.amp.GradScaler(next(self.module.parameters()).device.type)
         return EagerStepper(self.module, self.optimizer, self.ema, loss_fn, config.grad_clip, lr_at,
                             precision=config.precision, accumulation=config.accumulation,
-                            scaler=self.scaler if config.precision == "float16" else None)
+                            scaler=self.scaler if config.precision == "float16" else None,
+                            replica=self.training_module, patience=config.nonfinite_patience)
 
     def state_dict(self) -> dict[str, Any]:
         return {

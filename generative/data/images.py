@@ -28,8 +28,9 @@ Data sets (nothing is downloaded; a missing folder gets a message that says wher
 * :func:`cifar10`: the python pickles of CIFAR-10 (``cifar-10-batches-py``) from a local folder.
 * :class:`ImageFolder`: any folder of images, resized and center-cropped to a square, read lazily with Pillow.
 
-Batches go through :func:`image_loader` (workers, pinned memory on a GPU, a ``DistributedSampler`` seeded per
-epoch) and, for data whose law is mirror-symmetric (``dataset.hflip``, true for CIFAR-10), :func:`random_hflip`.
+Batches go through :func:`image_loader` (workers, pinned memory on a GPU, each rank's share of one global stream of
+batches that resumes at any step, :class:`StreamBatchSampler`) and, for data whose law is mirror-symmetric
+(``dataset.hflip``, true for CIFAR-10), :func:`random_hflip`.
 """
 
 from __future__ import annotations
@@ -39,15 +40,16 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["ImageDataset", "ImageFolder", "ImageTransform", "Images", "cifar10", "digits", "image_loader",
-           "random_hflip"]
+__all__ = ["ImageDataset", "ImageFolder", "ImageTransform", "Images", "StreamBatchSampler", "cifar10", "digits",
+           "image_loader", "random_hflip"]
 
 CIFAR10_HELP = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
                 "into {root} (it unpacks to {root}/cifar-10-batches-py/ with data_batch_1 ... data_batch_5 and "
@@ -70,14 +72,17 @@ class ImageTransform:
             raise ValueError(f"levels must be an int in 2..256 (256 for 8-bit images), got {self.levels!r}")
 
     def to_model(self, x: Tensor, generator: torch.Generator | None = None, *, dequantise: bool = True,
-                 dtype: torch.dtype = torch.float32) -> Tensor:
-        """``y = 2 (x + U) / L - 1`` with ``U ~ U[0, 1)`` per entry, or ``U = 1/2`` (the cell centres, which
-        :meth:`from_model` maps back to ``x``) with ``dequantise=False``. ``x``: integer levels of any shape."""
+                 dtype: torch.dtype = torch.float32, noise: Tensor | None = None) -> Tensor:
+        """``y = 2 (x + U) / L - 1`` with ``U ~ U[0, 1)`` per entry (or the given ``noise``), or ``U = 1/2`` (the
+        cell centres, which :meth:`from_model` maps back to ``x``) with ``dequantise=False``. ``x``: integer levels of
+        any shape."""
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise TypeError(f"expected integer grey levels 0..{self.levels - 1} (e.g. uint8), got dtype {x.dtype}; "
                             "data sets here hold levels, the transform maps them to [-1, 1]")
         x = x.to(dtype)
-        if dequantise:
+        if noise is not None:
+            noise = noise.to(x)
+        elif dequantise:
             noise = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
         else:
             noise = torch.full_like(x, 0.5)
@@ -108,12 +113,14 @@ class ImageTransform:
         return {"levels": self.levels}
 
 
-def random_hflip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def random_hflip(images: Tensor, generator: torch.Generator | None = None, flip: Tensor | None = None) -> Tensor:
     """Each image of the batch ``(n, C, H, W)`` mirrored left-right with probability 1/2 (``generator`` on the
-    batch's device; drawing per batch in the training step keeps the augmentation part of the resumable RNG)."""
+    batch's device; drawing per batch in the training step keeps the augmentation part of the resumable RNG), or
+    where the boolean ``flip`` (n,) is true."""
     if images.dim() != 4:
         raise ValueError(f"expected a batch of images (n, C, H, W), got shape {tuple(images.shape)}")
-    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    if flip is None:
+        flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -258,21 +265,63 @@ class ImageFolder(Images):
         return torch.from_numpy(array.reshape(size, size, channels).copy()).permute(2, 0, 1).contiguous()
 
 
-def image_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
-                 num_workers: int = 0, device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
-                 seed: int = 0) -> DataLoader:
-    """A loader of uint8 batches ``(batch_size, C, H, W)`` for one rank.
+class StreamBatchSampler(Sampler[list[int]]):
+    """One rank's micro-batches of the training stream: index lists, without end.
 
-    The order comes from a ``DistributedSampler`` in every case (``world_size=1`` on one process): each rank reads
-    its own ``1 / world_size`` of a permutation drawn from ``seed + epoch``; call ``loader.sampler.set_epoch(epoch)``
-    before each epoch for a new permutation. ``batch_size`` is per rank. Pinned memory when ``device`` is CUDA.
+    The stream is the concatenation of permutations of ``range(size)``, one per epoch (drawn from ``seed + epoch``;
+    the identity with ``shuffle=False``), cut into global batches of ``batch_size``; global batch ``k`` is cut into
+    ``world_size * accumulation`` blocks, and micro-batch ``m`` of step ``k`` on rank ``r`` is block
+    ``m * world_size + r``. Neither the stream nor its global batches depend on the number of ranks or
+    micro-batches: step ``k`` sees the same images on one GPU or eight, and its data start at index
+    ``k * batch_size`` of the stream, so the data position of a run is its step (``start``), which is how a resumed run
+    continues the same data, also on other hardware. (torch's ``DistributedSampler`` deals each epoch to the ranks by
+    stride and restarts at the epoch's beginning, so it can do neither.)
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.device(device).type == "cuda", drop_last=drop_last,
-                      persistent_workers=num_workers > 0)
+
+    def __init__(self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1, accumulation: int = 1,
+                 seed: int = 0, start: int = 0, shuffle: bool = True):
+        for name, value in (("size", size), ("batch_size", batch_size), ("world_size", world_size),
+                            ("accumulation", accumulation)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+        if batch_size % (world_size * accumulation):
+            raise ValueError(f"the global batch of {batch_size} does not split into {world_size} ranks x "
+                             f"{accumulation} micro-batches: make batch_size a multiple of {world_size * accumulation}")
+        self.size, self.batch_size, self.rank, self.world_size = size, batch_size, rank, world_size
+        self.accumulation, self.seed, self.start, self.shuffle = accumulation, seed, start, shuffle
+        self.micro_batch = batch_size // (world_size * accumulation)
+        self._epochs: dict[int, Tensor] = {}
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if epoch not in self._epochs:
+            self._epochs = {epoch: torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+                            if self.shuffle else torch.arange(self.size)}
+        return self._epochs[epoch]
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        """The stream's indices of micro-batch ``micro`` of step ``step`` on this rank."""
+        first = step * self.batch_size + (micro * self.world_size + self.rank) * self.micro_batch
+        positions = torch.arange(first, first + self.micro_batch)
+        epochs = positions // self.size
+        return [int(self._permutation(int(e))[int(p)]) for e, p in zip(epochs, positions % self.size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            for micro in range(self.accumulation):
+                yield self.indices(step, micro)
+            step += 1
+
+
+def image_loader(dataset: Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, accumulation: int = 1,
+                 seed: int = 0, start: int = 0, shuffle: bool = True, num_workers: int = 0,
+                 device: str | torch.device = "cpu") -> DataLoader:
+    """A loader of this rank's uint8 micro-batches ``(batch_size / (world_size accumulation), C, H, W)`` of the
+    training stream from step ``start`` on, without end (:class:`StreamBatchSampler`; ``batch_size`` is the global
+    batch). ``num_workers`` processes read (and decode) the images; pinned memory when ``device`` is CUDA."""
+    sampler = StreamBatchSampler(len(dataset), batch_size, rank=rank, world_size=world_size,
+                                 accumulation=accumulation, seed=seed, start=start, shuffle=shuffle)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      pin_memory=torch.device(device).type == "cuda", persistent_workers=num_workers > 0)

@@ -14,7 +14,8 @@ through an identity feature map): the sums in float64, the reduction of their st
 * :class:`InceptionFeatures`: the 2048-d pool features of the Inception-v3 of the TF FID code
   (``pt_inception-2015-12-05``, CONVENTIONS section 10) as ported by torch-fidelity (``inception-v3-compat``, with
   its TensorFlow-1 bilinear resize to 299 x 299), weights read from a local file: the FID of the literature;
-* any small network in tests, or the digit classifier of :mod:`~sde_control.generative.evaluation.classifier`,
+* :class:`RandomFeatures` (a fixed random network: a stand-in for tests and smoke runs), any small network in
+  tests, or the digit classifier of :mod:`~sde_control.generative.evaluation.classifier`,
   through the same calls.
 
 The reference (training-set) features are computed once and cached in a file (:func:`reference_features`);
@@ -35,7 +36,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INCEPTION_WEIGHTS", "ImageScores", "InceptionFeatures", "features_of", "frechet_distance",
+__all__ = ["INCEPTION_WEIGHTS", "ImageScores", "InceptionFeatures", "RandomFeatures", "features_of", "frechet_distance",
            "image_scores", "kernel_distance", "reference_cache_path", "reference_features"]
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
@@ -77,6 +78,26 @@ class InceptionFeatures(nn.Module):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.network(images)[0]
+
+
+class RandomFeatures(nn.Module):
+    """A fixed random convolutional feature map of uint8 images ``(n, channels, H, W)``: two 3 x 3 convolutions
+    with stride 2 and SiLU, average-pooled to ``num_features``, initialised from ``seed``. A stand-in extractor for
+    tests and smoke runs on a fresh machine: its Frechet distances are not FID and compare with nothing else."""
+
+    def __init__(self, channels: int, num_features: int = 64, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.body = nn.Sequential(nn.Conv2d(channels, 32, 3, stride=2, padding=1), nn.SiLU(),
+                                      nn.Conv2d(32, num_features, 3, stride=2, padding=1), nn.SiLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.num_features = num_features
+        self.name = f"random-features-{channels}-{num_features}-seed{seed}"
+        self.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.body(images.float() / 255.0)
 
 
 class _GivenFeatures(nn.Module):

@@ -28,10 +28,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from sde_control.specs import Specified
+
 __all__ = ["UNet"]
 
 
-class UNet(nn.Module):
+class UNet(Specified, nn.Module):
     r"""Noise prediction ``eps(x, t)`` for images of shape ``image_shape = (C, H, W)``.
 
     ``forward(x, t)`` takes ``x`` as images ``(n, C, H, W)`` or as flattened vectors ``(n, C*H*W)`` (the layout of
@@ -48,6 +50,9 @@ class UNet(nn.Module):
         groups: of every GroupNorm; must divide every width.
         time_scale: the embedding sees ``time_scale * t`` (module docstring).
         zero_output: initialise the output convolution at zero.
+
+    Its constructor arguments are recorded (:mod:`sde_control.specs`; :meth:`ddpm` and :meth:`tiny` record the full
+    list), so a model's checkpoint rebuilds it.
     """
 
     def __init__(self, image_shape: Sequence[int], channels: int = 128, multipliers: Sequence[int] = (1, 2, 2, 2),

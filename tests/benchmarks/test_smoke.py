@@ -71,3 +71,35 @@ PINES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "pines.
 def test_reference_log_z_lgcp_smoke(tmp_path):
     text = run("reference_log_z.py", "--target", "lgcp", "--smoke", "--float32", cwd=tmp_path)
     assert "REFERENCE (lgcp, pooled)" in text and "grid 8 x 8 (d = 64)" in text
+
+
+def test_gpu_images_measurements_run_on_the_cpu(tmp_path):
+    """The throughput and forward-update parts of gpu_images.py in this process, at smoke size (seconds)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_images", BENCHMARKS / "gpu_images.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rows = module.throughput(torch.device("cpu"), smoke=True)
+    assert [r[0] for r in rows] == ["float32", "float16 + scaler", "bfloat16"] and float(rows[0][2]) > 0
+    assert module.forward_update_cost(torch.device("cpu"), True, step_seconds=0.1)[0] == "16 x 5"
+
+
+@pytest.mark.slow
+def test_gpu_images_smoke_runs_on_the_cpu(tmp_path):
+    """The whole script, torchrun included (about a minute here: the subprocesses' start-up)."""
+    text = run("gpu_images.py", "--smoke", cwd=tmp_path)
+    assert "| float32 | false |" in text and "| bfloat16 | false |" in text
+    assert "| 20 x 16 |" in text and "| 1 x float32 |" in text  # the short run, and torchrun's one process
+
+
+def test_images_digits_smoke(tmp_path):
+    text = run("images_digits.py", "--budget", "smoke", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "| VP |" in text and "| VSDM (DCT-diagonal A_t) |" in text and "Held-out images against" in text
+    assert (tmp_path / "runs" / "vsdm-seed0" / "result.json").is_file()

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from sde_control.generative import ScoreModel, data
+from sde_control.generative.diagonal import DiagonalLinearSDE
 from sde_control.generative.score_matching import dsm_loss, gaussian_dsm_minimum, gaussian_marginal, gaussian_score, noise_to_score
 from sde_control.sdes import VP, blockwise
 
@@ -28,6 +29,9 @@ class ExactNoise(nn.Module):
         t = torch.as_tensor(t, **f64).expand(x.shape[0])
         mean, cov = gaussian_marginal(self.sde, t, torch.tensor(MEAN, **f64), COV)
         score = torch.linalg.solve(cov, (mean - x.double()).unsqueeze(-1)).squeeze(-1)
+        if isinstance(self.sde, DiagonalLinearSDE):  # its L_t is the symmetric root B^T diag(sqrt(gamma)) B
+            gamma = self.sde.transition(torch.zeros_like(t), t)[1]
+            return -self.sde.basis.inverse(gamma.sqrt() * self.sde.basis(score)).to(x.dtype)
         chol = torch.linalg.cholesky(self.sde.transition_matrices(torch.zeros_like(t), t)[1])
         return -blockwise(chol.transpose(-1, -2), score).to(x.dtype)
 

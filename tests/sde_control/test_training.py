@@ -203,3 +203,82 @@ def test_bfloat16_autocast_trains_and_keeps_float32_weights():
     assert all(p.dtype == torch.float32 for p in module.parameters())
     with pytest.raises(ValueError, match="precision must be one of"):
         Trainer(module).fit(loss_fn, config(1, precision="float8"))
+
+
+def test_warm_up_ramps_the_learning_rate_linearly_then_the_decay_applies():
+    module, loss_fn = quadratic_problem()
+    history = Trainer(module).fit(loss_fn, config(20, lr=0.1, lr_final=0.5, lr_every=10, warmup=4))
+    rates = [r["lr"] for r in history]
+    assert rates[:5] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])  # lr (i + 1) / 4, then lr
+    assert rates[-1] == pytest.approx(0.1 * 0.5 ** (10 / 20))  # the decay's second block, warm-up long over
+
+
+def poisoned_at(loss_fn, bad):
+    def poisoned(iteration):
+        loss, metrics = loss_fn(iteration)
+        return (loss * float("inf") if iteration in bad else loss), metrics
+
+    return poisoned
+
+
+def test_non_finite_steps_within_the_patience_are_skipped_without_an_update():
+    torch.manual_seed(0)
+    module, loss_fn = quadratic_problem()
+    clean = Trainer(module, ema_decay=0.9)
+    clean.fit(loss_fn, config(10, lr=0.05))
+
+    torch.manual_seed(0)
+    module2, loss_fn2 = quadratic_problem()
+    trainer = Trainer(module2, ema_decay=0.9)
+    history = trainer.fit(poisoned_at(loss_fn2, {3, 4, 7}), config(13, lr=0.05, nonfinite_patience=2))
+    assert [r["iteration"] for r in history if "skipped" in r] == [4, 5, 8]
+    assert trainer.iteration == 13
+    # A skipped step changes nothing (weights, Adam's moments, the EMA), so 13 steps with 3 skipped land where 10
+    # clean steps do (the learning rate is constant here).
+    torch.testing.assert_close(module2.weight, module.weight)
+    torch.testing.assert_close(trainer.averaged.weight, clean.averaged.weight)
+
+
+def test_more_non_finite_steps_in_a_row_than_the_patience_stop_training(tmp_path):
+    module, loss_fn = quadratic_problem()
+    trainer = Trainer(module)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(TrainingDivergedError, match=r"iteration 8: the loss is inf \(3 non-finite steps in a row\).*"
+                                                    r"last checkpoint holds iteration 5"):
+        trainer.fit(poisoned_at(loss_fn, {6, 7, 8, 9}), config(20, lr=0.1, checkpoint_every=5, nonfinite_patience=2),
+                    checkpoint=lambda: torch.save(trainer.state_dict(), path))
+    assert torch.load(path, weights_only=True)["iteration"] == 5  # the last good checkpoint is kept
+    assert torch.isfinite(module.weight).all()
+
+
+def test_float16_overflow_lowers_the_scale_and_a_non_finite_loss_is_skipped():
+    """The scaler's overflow skips (a finite loss with an infinite scaled gradient) are calibration, not failures:
+    with patience 0 training goes on, the scale halves each time; a non-finite loss counts."""
+    module = nn.Linear(1, 4, bias=False)
+    big = {0, 1, 2}
+
+    def loss_fn(iteration):
+        factor = 1e35 if iteration in big else 1.0  # finite loss, but x 65536 overflows float32 in the backward pass
+        return factor * (module.weight - 3.0).square().sum(), {}
+
+    trainer = Trainer(module)
+    history = trainer.fit(loss_fn, config(6, lr=0.1, precision="float16"))
+    assert [r["iteration"] for r in history if "skipped" in r] == [1, 2, 3]
+    assert trainer.scaler.get_scale() == 65536.0 / 8
+    with pytest.raises(TrainingDivergedError, match="the loss is inf"):
+        trainer.fit(poisoned_at(loss_fn, {7}), config(10, lr=0.1, precision="float16"), resume=True)
+
+
+def test_an_interrupted_run_writes_a_checkpoint_before_it_stops(tmp_path):
+    module, loss_fn = quadratic_problem()
+    trainer = Trainer(module)
+    written = []
+
+    def interrupted(iteration):
+        if iteration == 6:
+            raise KeyboardInterrupt
+        return loss_fn(iteration)
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(interrupted, config(20, checkpoint_every=4), checkpoint=lambda: written.append(trainer.iteration))
+    assert written == [4, 6]

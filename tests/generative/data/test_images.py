@@ -155,22 +155,29 @@ def test_missing_or_empty_image_folder_is_explained(tmp_path):
         ImageFolder(tmp_path, 32)
 
 
-def test_loader_shards_one_permutation_per_epoch_across_ranks():
+def test_the_stream_is_one_permutation_per_epoch_whatever_the_ranks():
     data = ImageDataset(torch.arange(12, dtype=torch.uint8).reshape(12, 1, 1, 1), levels=256)
 
-    def seen(loader, epoch):
-        loader.sampler.set_epoch(epoch)
-        return torch.cat(list(loader)).flatten().tolist()
+    def steps(loader, count):
+        iterator = iter(loader)
+        return [next(iterator).flatten().tolist() for _ in range(count)]
 
-    ranks = [image_loader(data, 2, rank=r, world_size=2, seed=3) for r in range(2)]
-    epoch0 = [seen(loader, 0) for loader in ranks]
-    assert sorted(epoch0[0] + epoch0[1]) == list(range(12))  # disjoint shards covering the data
-    assert epoch0 == [seen(loader, 0) for loader in ranks]  # the same epoch repeats
-    assert epoch0 != [seen(loader, 1) for loader in ranks]  # a new epoch reshuffles
-    single = image_loader(data, 4, shuffle=False)
-    assert seen(single, 0) == list(range(12)) and not single.pin_memory
+    single = steps(image_loader(data, 8, seed=3), 3)  # three global batches of 8: epochs 0, 0-1, 1
+    assert sorted(single[0] + single[1][:4]) == list(range(12))  # epoch 0 covers the data once
+    assert sorted(single[1][4:] + single[2]) == list(range(12))  # and so does epoch 1
+    assert single[1][4:] + single[2] != single[0] + single[1][:4]  # a new epoch reshuffles
+    # Two ranks with two micro-batches each: the blocks of each global batch, micro-batch-major.
+    ranks = [steps(image_loader(data, 8, rank=r, world_size=2, accumulation=2, seed=3), 6) for r in range(2)]
+    for k in range(3):
+        blocks = [ranks[0][2 * k], ranks[1][2 * k], ranks[0][2 * k + 1], ranks[1][2 * k + 1]]
+        assert sum(blocks, []) == single[k]
+    assert steps(image_loader(data, 8, seed=3, start=2), 1) == single[2:3]  # the position is the step
+    assert steps(image_loader(data, 4, shuffle=False), 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert not image_loader(data, 4).pin_memory
     with pytest.raises(ValueError, match="rank"):
         image_loader(data, 2, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="does not split into 3 ranks x 1 micro-batches"):
+        image_loader(data, 8, rank=0, world_size=3)
 
 
 def test_random_hflip_mirrors_about_half_of_the_images():
