@@ -25,7 +25,16 @@ simulation-free. Training alternates, for ``stages`` stages:
     time-dependent ``A_t`` sends their effect mostly to its knot at ``t = 0``, while a single ``A`` carries them
     into the whole process. That, and the benchmark (``benchmarks/VSDM.md``), is why ``A_t`` is the default.
 
-The forward process starts at plain VP (``A = 0``), so stage 1's score model is the VP baseline's. Both networks
+The forward process starts at plain VP (``A = 0``), so stage 1's score model is the VP baseline's.
+
+**Blocks and conditions.** With ``blocks = K < d`` the matrices are ``K x K`` and act on ``K`` blocks of ``m = d / K``
+channels each (``A_t kron I_m``, :func:`sde_control.sdes.blockwise`): a forecast window of ``P`` steps of ``D``
+series laid out series-major is ``K = D`` blocks of ``m = P`` channels, one ``D x D`` matrix shared across the
+steps, so the transitions cost ``O(D^3)`` per time whatever ``P``. The divergence is then ``g^2 m tr A_t``; the
+objective is evaluated with each of the ``m`` channels of a path as a row of its own, which gives ``J / m`` (the
+same minimiser). Trained on a :class:`~.score_model.BatchSource` of ``(x0, condition)`` pairs, the score is
+conditional, and the backward paths of (b) are drawn conditionally: each path from ``N(0, I)`` under the score
+given the condition of a fresh draw of the source. Both networks
 keep an exponential moving average; the averaged forward process is the one the score is fitted on, the one the
 backward paths of (b) use, and the one :meth:`VSDM.sample` integrates: one forward process for training and
 sampling. The last stage ends with (a), so the final score belongs to the final forward process. Learning
@@ -45,6 +54,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
+from sde_control.checkpoints import Checkpointable
 from sde_control.sdes import VP
 from sde_control.specs import spec_of
 from sde_control.training import LossFn, TrainConfig, Trainer, config_from
@@ -53,7 +63,7 @@ from .data import validate
 from .diagonal import DiagonalVSDMForward, backward_statistics, diagonal_objective
 from .forward import TimeDependentVSDMForward, VSDMForward
 from .sampling import reverse_paths
-from .score_model import ScoreModel, ScoreTraining
+from .score_model import BatchSource, ScoreModel, ScoreTraining
 
 
 @dataclass
@@ -65,8 +75,8 @@ class VSDMTraining(ScoreTraining):
         forward_iterations: forward-update steps per stage.
         forward_lr: their initial learning rate (it decays by ``lr_final`` over the stages, as the score's).
         paths, path_steps: backward paths drawn per stage for the forward update, and their Euler steps.
-        forward_batch: backward paths per forward step (``None``: all of them, so the stage's objective is fixed and
-            the stochasticity comes from fresh paths).
+        forward_batch: rows (backward paths, or path and channel with ``blocks``) per forward step (``None``: all of
+            them, so the stage's objective is fixed and the stochasticity comes from fresh paths).
     """
 
     iterations: int = 10_000
@@ -94,7 +104,9 @@ class VSDM(ScoreModel):
     ``basis``, ``A_t`` diagonal in that orthonormal basis instead (images, :mod:`sde_control.generative.diagonal`).
 
     Args:
-        dim: data dimension (the forward matrix is ``dim x dim``).
+        dim: data dimension.
+        blocks: the size ``K`` of the forward matrices, which act on ``K`` blocks of ``dim / K`` channels (module
+            docstring); default ``dim`` (a full ``dim x dim`` matrix).
         time_dependent, knots: the parameterisation of ``A_t`` (:mod:`sde_control.generative.forward`); with
             ``basis``, ``A_t`` is constant on ``knots`` equal intervals of ``[0, T]`` (one with
             ``time_dependent=False``).
@@ -113,16 +125,16 @@ class VSDM(ScoreModel):
                  beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, network: nn.Module | None = None,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99,
                  forward_ema_decay: float | None = 0.9, basis: str | None = None,
-                 image_shape: Sequence[int] | None = None):
+                 image_shape: Sequence[int] | None = None, blocks: int | None = None):
         if basis is not None:
             shape = (dim,) if image_shape is None else tuple(image_shape)
             if math.prod(shape) != dim:
                 raise ValueError(f"image_shape {shape} has {math.prod(shape)} entries, not dim = {dim}")
             forward = DiagonalVSDMForward(shape, basis, knots if time_dependent else 1, beta_min, beta_max, T)
         elif time_dependent:
-            forward = TimeDependentVSDMForward(dim, knots, beta_min, beta_max, T)
+            forward = TimeDependentVSDMForward(dim if blocks is None else blocks, knots, beta_min, beta_max, T)
         else:
-            forward = VSDMForward(dim, beta_min, beta_max, T)
+            forward = VSDMForward(dim if blocks is None else blocks, beta_min, beta_max, T)
         # Every rank takes the same forward steps from statistics reduced over the ranks: no gradient averaging.
         self.forward_trainer = Trainer(forward, ema_decay=forward_ema_decay, distribute=False)
         self.zeta = float(zeta)
@@ -148,22 +160,32 @@ class VSDM(ScoreModel):
                           width=c["width"], depth=c["depth"], t_min=self.t_min, ema_decay=c["ema_decay"])
 
     # ------------------------------------------------------------------ training
-    def fit(self, x: Tensor, iterations: int = 10_000, batch_size: int = 512, *,
-            checkpoint: str | os.PathLike | None = None, resume: bool = True, **options: Any) -> list[dict[str, Any]]:
+    def fit(self, x: Tensor | BatchSource, iterations: int = 10_000, batch_size: int = 512, *,
+            checkpoint: str | os.PathLike | None = None, resume: bool = True, owner: Checkpointable | None = None,
+            **options: Any) -> list[dict[str, Any]]:
         """Alternate score fitting and forward updates (module docstring): ``iterations`` score-network steps on
-        batches of ``batch_size``, split over ``stages``; ``options`` are the fields of :class:`VSDMTraining`.
+        batches of ``batch_size``, split over ``stages``; ``options`` are the fields of :class:`VSDMTraining`. ``x``
+        is the data (n, dim) or a :class:`~.score_model.BatchSource` (with conditions: a conditional model, whose
+        backward paths are drawn given the source's conditions).
 
         The score's and the forward update's learning rates decay stage by stage from ``lr`` and ``forward_lr`` to
         ``lr_final`` times theirs. With ``checkpoint`` the state is written after every stage; with ``resume``, an
-        existing file of the same run is continued from its last stage.
+        existing file of the same run is continued from its last stage. ``owner`` is the object whose checkpoint
+        that file is (default: this model); a front-end that holds this model and saves it inside its own state
+        (:class:`~sde_control.generative.timeseries.Forecaster`) passes itself.
 
-        Returns one record per stage: the stage, the averaged forward process's time-averaged ``A`` and its
-        :meth:`prior_kl`, and the last forward objective value.
+        Returns one record per stage: the stage, the averaged forward process's time-averaged ``A``, its
+        :meth:`prior_kl` (``None`` for a :class:`~.score_model.BatchSource`), and the last forward objective value.
         """
         config = config_from(VSDMTraining, dict(iterations=iterations, batch_size=batch_size, **options))
-        x = validate(x, dim=self.dim).to(self.device)
+        source = x if not isinstance(x, Tensor) and hasattr(x, "sample") else None
+        if source is None:
+            x = validate(x, dim=self.dim).to(self.device)
+        elif isinstance(self.sde, DiagonalVSDMForward):
+            raise ValueError("a BatchSource (conditional training) needs the matrix forward process, not basis=")
+        owner = self if owner is None else owner
         if checkpoint is not None and resume:
-            self.resume_from(checkpoint, config)
+            owner.resume_from(checkpoint, config)
         self.training_config = config
         stages = config.stages
         for stage in range(self.stage, stages):
@@ -171,54 +193,68 @@ class VSDM(ScoreModel):
             self.trainer.fit(self._batch_loss(x, config.batch_size),
                              config.loop(iterations=config.iterations // stages, lr=config.lr * decay, lr_final=1.0),
                              description=f"VSDM stage {stage + 1}/{stages}")
-            record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(), "prior_kl": self.prior_kl(x)}
+            record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(),
+                      "prior_kl": None if source is not None else self.prior_kl(x)}
             if stage < stages - 1 and config.forward_iterations > 0:
-                record["forward_objective"] = self.update_forward(config, stage)
+                record["forward_objective"] = self.update_forward(config, stage, source)
             self.stages.append(record)
             self.stage = stage + 1
             if checkpoint is not None:
-                self.save(checkpoint)
+                owner.save(checkpoint)
         return self.stages
 
-    def update_forward(self, config: VSDMTraining, stage: int) -> float:
+    def update_forward(self, config: VSDMTraining, stage: int, source: BatchSource | None = None) -> float:
         """The forward update that ends stage ``stage`` (counted from 0) of ``config``: ``forward_iterations`` Adam
-        steps on the objective of fresh backward paths, at ``forward_lr`` decayed as the stage's score learning rate;
-        returns the last objective value. With ``basis`` and under ``torch.distributed`` the ranks share the
-        ``paths`` and their statistics (:func:`~sde_control.generative.diagonal.backward_statistics`)."""
+        steps on the objective of fresh backward paths (given fresh conditions of ``source``, where it has them), at
+        ``forward_lr`` decayed as the stage's score learning rate; returns the last objective value. With ``basis``
+        and under ``torch.distributed`` the ranks share the ``paths`` and their statistics
+        (:func:`~sde_control.generative.diagonal.backward_statistics`)."""
         decay = config.lr_final ** (stage / config.stages)
         forward = TrainConfig(iterations=config.forward_iterations, lr=config.forward_lr * decay, weight_decay=0.0,
                               grad_clip=None, lr_final=1.0, progress=False)
         history = self.forward_trainer.fit(
-            self._forward_objective(config.paths, config.path_steps, config.forward_batch), forward)
+            self._forward_objective(config.paths, config.path_steps, config.forward_batch, source), forward)
         return history[-1]["loss"]
 
     @torch.no_grad()
-    def _backward_statistics(self, paths: int, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Reverse-SDE paths from ``N(0, I)`` under the averaged forward process and score: their states ``X``
-        (steps + 1, paths, d), ``V = s(X, t) - A^cur_t X`` (``z_b / g``), the noising times and the weights
-        ``beta(t) dt`` of the trapezoid rule (all float64)."""
+    def _backward_statistics(self, paths: int, steps: int, source: BatchSource | None = None
+                             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Reverse-SDE paths from ``N(0, I)`` under the averaged forward process and score (given the conditions of
+        ``paths`` draws of ``source``, where it has them): their states ``X`` (steps + 1, rows, K) with one row per
+        path and channel (module docstring), ``V = s(X, t) - A^cur_t X`` (``z_b / g``) in the same rows, the noising
+        times and the weights ``beta(t) dt`` of the trapezoid rule (all float64)."""
         sde = self.sde
+        score = self.score
+        batch = None if source is None else source.sample(paths)
+        if isinstance(batch, tuple):
+            condition = batch[1].to(self.device)
+
+            def score(x: Tensor, t: Tensor) -> Tensor:
+                return self.score(x, t, condition)
+
         x_T = torch.randn(paths, self.dim, device=self.device)
-        states = reverse_paths(sde, self.score, x_T, steps, self.t_min, method="sde")
+        states = reverse_paths(sde, score, x_T, steps, self.t_min, method="sde")
         times = torch.linspace(sde.T, self.t_min, steps + 1, dtype=torch.float64)
-        scores = torch.stack([self.score(states[k], times[k]) for k in range(steps + 1)]).double()
-        X = states.double()
-        V = scores - torch.einsum("kij,kpj->kpi", sde.A(times), X)
+        scores = torch.stack([score(states[k], times[k]) for k in range(steps + 1)]).double()
+        X = channel_rows(states.double(), sde.K)
+        V = channel_rows(scores, sde.K) - torch.einsum("kij,kpj->kpi", sde.A(times), X)
         dt = torch.full((steps + 1,), (sde.T - self.t_min) / steps, dtype=torch.float64)
         dt[[0, -1]] /= 2
         return X, V, times, sde.beta(times) * dt
 
-    def _forward_objective(self, paths: int, steps: int, batch: int | None) -> LossFn:
-        """:func:`variational_objective` on batches of ``batch`` (``None``: all) of ``paths`` fresh backward paths
-        (with ``basis``: its closed form in the paths' statistics, :mod:`~sde_control.generative.diagonal`)."""
+    def _forward_objective(self, paths: int, steps: int, batch: int | None, source: BatchSource | None = None
+                           ) -> LossFn:
+        """:func:`variational_objective` on batches of ``batch`` (``None``: all) rows of ``paths`` fresh backward
+        paths (conditional on ``source``'s conditions, where it has them; with ``basis``: its closed form in the
+        paths' statistics, :mod:`~sde_control.generative.diagonal`)."""
         if isinstance(self.sde, DiagonalVSDMForward):
             return diagonal_objective(self.forward_trainer.module, self.zeta,
                                       backward_statistics(self.sde, self.score, paths, steps, self.t_min))
-        X, V, times, weights = self._backward_statistics(paths, steps)
+        X, V, times, weights = self._backward_statistics(paths, steps, source)
         forward = self.forward_trainer.module
 
         def objective(iteration: int) -> tuple[Tensor, dict[str, float]]:
-            rows = slice(None) if batch is None else torch.randint(0, paths, (batch,))
+            rows = slice(None) if batch is None else torch.randint(0, X.shape[1], (batch,))
             return variational_objective(forward.A(times), X[:, rows], V[:, rows], weights, self.zeta), {}
 
         return objective
@@ -232,6 +268,13 @@ class VSDM(ScoreModel):
         super().load_state_dict(state)
         self.forward_trainer.load_state_dict(state["forward_trainer"])
         self.stage, self.stages = state["stage"], state["stages"]
+
+
+def channel_rows(states: Tensor, K: int) -> Tensor:
+    """States ``(N, n, K m)`` laid out as ``K`` blocks of ``m`` channels, as ``(N, n m, K)``: one row per path and
+    channel, so that ``K x K`` matrices act on the rows as ``A kron I_m`` acts on the states."""
+    N, n, width = states.shape
+    return states.reshape(N, n, K, width // K).transpose(-1, -2).reshape(N, n * (width // K), K)
 
 
 def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta: float) -> Tensor:
