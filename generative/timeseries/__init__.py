@@ -14,6 +14,7 @@ bootstrapped changes, a Gaussian VAR. :mod:`.plotting`: fan charts. The conditio
 """
 
 from .baselines import Baseline, GaussianVAR, NaiveBootstrap
+from .forecaster import Forecaster, ForecastTraining, WindowScaling, WindowSource
 from .data import (
     ForecastDataset,
     MeanScaler,
@@ -29,6 +30,6 @@ from .data import (
 from .metrics import QUANTILES, crps, crps_sum, energy_score
 from .plotting import plot_fan_chart
 
-__all__ = ["QUANTILES", "Baseline", "ForecastDataset", "GaussianVAR", "MeanScaler", "NaiveBootstrap", "Windows",
+__all__ = ["QUANTILES", "Baseline", "ForecastDataset", "ForecastTraining", "Forecaster", "GaussianVAR", "MeanScaler", "NaiveBootstrap", "Windows",
            "crps", "crps_sum", "electricity_nips", "energy_score", "exchange_rate_nips", "load_gluonts", "macrodata",
-           "plot_fan_chart", "solar_nips", "traffic_nips", "validate_series"]
+           "WindowScaling", "WindowSource", "plot_fan_chart", "solar_nips", "traffic_nips", "validate_series"]

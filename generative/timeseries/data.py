@@ -22,7 +22,8 @@ Protocols (``P`` the prediction length, ``W`` the number of rolling test windows
   so they are read, never derived. The test file holds the W windows one after another, each as D lines (the order
   gluonts' ``MultivariateGrouper`` relies on); each test line is the series up to its window's end.
 * :func:`macrodata`: the embedded default, statsmodels' quarterly US macro data (203 rows, its 12 economic columns
-  without ``year`` and ``quarter``), P = 4, the last 5 non-overlapping windows held out (training rows 0..182).
+  without ``year`` and ``quarter``), P = 4, context 16, the last 5 non-overlapping windows held out (training rows
+  0..182).
 
 Missing values: refused. A series with NaN or infinite entries raises ``ValueError`` naming the rows; impute or cut
 them before building a dataset (the nips data sets have none).
@@ -76,7 +77,8 @@ def validate_series(x: ArrayLike, name: str = "series", dim: int | None = None) 
 @dataclass(frozen=True, eq=False)  # tensors inside: identity, not elementwise ==
 class ForecastDataset:
     """A series ``(T, D)`` cut by a protocol: training rows ``[0, train_end)``, test windows
-    ``[start, start + prediction_length)`` for each of ``test_starts``, all at or after ``train_end``."""
+    ``[start, start + prediction_length)`` for each of ``test_starts``, all at or after ``train_end``;
+    ``context_length`` is the protocol's context (``None``: the prediction length, TimeGrad's choice)."""
 
     series: Tensor
     train_end: int
@@ -84,6 +86,7 @@ class ForecastDataset:
     test_starts: tuple[int, ...]
     name: str = "series"
     freq: str | None = None
+    context_length: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "series", validate_series(self.series, self.name))
@@ -108,9 +111,15 @@ class ForecastDataset:
         """The training range ``series[:train_end]``."""
         return self.series[: self.train_end]
 
-    def windows(self, context_length: int) -> Windows:
-        """Training and test (context, future) pairs with contexts of ``context_length`` steps."""
-        return Windows(self, context_length)
+    @property
+    def default_context(self) -> int:
+        """The protocol's context length: ``context_length``, or the prediction length where it has none."""
+        return self.prediction_length if self.context_length is None else self.context_length
+
+    def windows(self, context_length: int | None = None) -> Windows:
+        """Training and test (context, future) pairs with contexts of ``context_length`` steps (default: the
+        protocol's, :attr:`default_context`)."""
+        return Windows(self, self.default_context if context_length is None else context_length)
 
 
 class Windows:
@@ -229,7 +238,8 @@ def macrodata() -> ForecastDataset:
     P, W = 4, 5
     T = len(frame)
     starts = tuple(T - (W - k) * P for k in range(W))
-    return ForecastDataset(torch.as_tensor(frame.to_numpy(dtype=np.float64)), starts[0], P, starts, "macrodata", "Q")
+    return ForecastDataset(torch.as_tensor(frame.to_numpy(dtype=np.float64)), starts[0], P, starts, "macrodata", "Q",
+                           context_length=16)
 
 
 def _read_json_lines(folder: Path) -> list[dict]:
