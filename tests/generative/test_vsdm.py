@@ -9,7 +9,7 @@ from sde_control.checkpoints import CheckpointError
 from sde_control.generative import VSDM, ScoreModel, VSDMForward, data, fit_equal_budget
 from sde_control.generative.sampling import reverse_paths
 from sde_control.generative.score_matching import gaussian_marginal, gaussian_score
-from sde_control.generative.vsdm import variational_objective
+from sde_control.generative.vsdm import channel_rows, variational_objective
 from sde_control.metrics import wasserstein2_squared
 
 f64 = dict(dtype=torch.float64)
@@ -114,3 +114,58 @@ def test_bad_data_gets_a_clear_error():
         model.fit(bad, 1, stages=1, progress=False)
     with pytest.raises(ValueError, match="3 columns but the model was built for dim=2"):
         model.fit(torch.zeros(100, 3), 1, stages=1, progress=False)
+
+
+def test_on_blocks_the_objective_per_channel_is_the_kronecker_objective_over_m():
+    """With K = 2 blocks of m = 3 channels, ``A_t kron I_3`` acts on the states and its divergence is
+    ``g^2 m tr A_t``: the objective on one row per path and channel (``channel_rows``) is that objective divided
+    by m, value and gradient."""
+    g = torch.Generator().manual_seed(0)
+    K, m, n, steps = 2, 3, 5, 4
+    A = torch.randn(steps, K, K, generator=g, **f64).requires_grad_()
+    X, V = torch.randn(2, steps, n, K * m, generator=g, **f64)
+    weights, zeta = torch.rand(steps, generator=g, **f64), 0.75
+    full = torch.einsum("kij,ab->kiajb", A, torch.eye(m, **f64)).reshape(steps, K * m, K * m)
+    AX = torch.einsum("kij,kpj->kpi", full, X)
+    integrand = 0.5 * AX.square().sum(-1) + (AX * V).sum(-1) + zeta * m * A.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None]
+    expected = (weights[:, None] * integrand).sum(0).mean() / m
+    rows = variational_objective(A, channel_rows(X, K), channel_rows(V, K), weights, zeta)
+    torch.testing.assert_close(rows, expected)
+    torch.testing.assert_close(torch.autograd.grad(rows, A)[0], torch.autograd.grad(expected, A)[0])
+    assert channel_rows(X, K)[1, 3 * 1 + 2].tolist() == [X[1, 1, 2].item(), X[1, 1, 3 + 2].item()]
+
+
+class RecordingNetwork(torch.nn.Module):
+    """A conditional noise prediction (zero) that records the conditions it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.conditions = []
+
+    def forward(self, x, t, condition):
+        self.conditions.append(condition)
+        return self.weight * x
+
+
+class ConditionedWindows:
+    """x0 (n, 6) = condition c (n, 1) repeated, plus noise: a BatchSource with conditions."""
+
+    def sample(self, batch_size):
+        c = torch.randn(batch_size, 1)
+        return c.expand(-1, 6) + 0.1 * torch.randn(batch_size, 6), c
+
+
+def test_on_blocks_and_conditions_the_forward_update_draws_backward_paths_given_conditions():
+    network = RecordingNetwork()
+    model = VSDM(6, blocks=2, network=network)
+    assert model.sde.K == 2
+    model.fit(ConditionedWindows(), 4, batch_size=8, stages=2, forward_iterations=2, paths=10, path_steps=3,
+              progress=False)
+    # The backward paths (after stage 1 only) evaluate the averaged network's score along the way and then at their
+    # 4 states, all given the conditions of one draw of the source.
+    backward = model.trainer.averaged.conditions
+    assert len(backward) >= 4 and all(c is backward[0] for c in backward) and backward[0].shape == (10, 1)
+    assert [r["prior_kl"] for r in model.stages] == [None, None]
+    with pytest.raises(ValueError, match="2 x 2 blocks, which cannot act on data of dimension 5"):
+        VSDM(5, blocks=2)
