@@ -33,14 +33,16 @@ score of the VSDM forecaster is fitted on the averaged forward process, its back
 are drawn given contexts of the training range, and forecasts integrate that same process: one forward process for
 training and sampling (the VSDM paper's time-series code trains on plain VP and samples from the learned prior).
 
-**Scaling** (:class:`WindowScaling`): ``y = ((x - r) / s - loc) / spread`` per series, for the context and the
-window alike, with ``s`` the mean of ``|x|`` over the context (TimeGrad's mean scaling, ``scaling="context"``) or
-over the training range (``"train"``), ``r`` the last context value (``relative=True``: the model draws the change
-from the last observation, whose spread does not depend on the level) or 0, and ``loc``, ``spread`` the mean and
-standard deviation of ``(x - r) / s`` over the training windows, so that the model sees every series with zero
-mean and unit variance (the smallest noise level ``sigma(t_min) = 0.01`` is then negligible; on raw changes of
-exchange rates, of order 0.01 in mean-scaled units, it would double their variance). All of it reads the context
-and the training range, never the window being forecast; forecasts are mapped back to the original units.
+**Scaling** (:class:`WindowScaling`), per series: the window is modelled as ``y = ((x - r) / s - loc) / spread``,
+with ``s`` the mean of ``|x|`` over the context (TimeGrad's mean scaling, ``scaling="context"``) or over the
+training range (``"train"``), ``r`` the last context value (``relative=True``: the model draws the change from the
+last observation, whose spread does not depend on the level) or 0, and ``loc``, ``spread`` the mean and standard
+deviation of ``(x - r) / s`` over the training windows, so that the model sees every series with zero mean and unit
+variance (the smallest noise level ``sigma(t_min) = 0.01`` is then negligible; on raw changes of exchange rates, of
+order 0.01 in mean-scaled units, it would double their variance). The network sees the context as
+``(c / s - loc_c) / spread_c``, standardised the same way over the training contexts but not relative to its last
+value, so that the level stays visible (a mean-reverting series needs it). All of it reads the context and the
+training range, never the window being forecast; forecasts are mapped back to the original units.
 
 **Missing values** are refused: a training series or a context with NaN or infinite entries raises ``ValueError``
 naming its rows (the protocols' data sets have none; impute or cut them first).
@@ -104,10 +106,12 @@ class WindowNetwork(nn.Module):
 
 
 class WindowScaling:
-    r"""``y = ((x - r) / s - loc) / spread`` per series and window, and back (module docstring).
+    r"""Windows ``y = ((x - r) / s - loc) / spread`` and back, contexts ``(c / s - loc_c) / spread_c``, per series
+    (module docstring).
 
-    ``s`` and ``r`` come from each context (``s`` from the training range with ``scaling="train"``), ``loc`` and
-    ``spread`` ``(D,)`` from the training windows (:meth:`fit`); the window being forecast is never read.
+    ``s`` and ``r`` come from each context (``s`` from the training range with ``scaling="train"``), ``loc``,
+    ``spread``, ``loc_c`` and ``spread_c`` ``(D,)`` from the training windows (:meth:`fit`); the window being
+    forecast is never read.
     """
 
     def __init__(self, scaling: str = "context", relative: bool = True):
@@ -115,6 +119,8 @@ class WindowScaling:
         self.relative = bool(relative)
         self.loc: Tensor | None = None
         self.spread: Tensor | None = None
+        self.context_loc: Tensor | None = None
+        self.context_spread: Tensor | None = None
 
     @property
     def fitted(self) -> bool:
@@ -126,16 +132,15 @@ class WindowScaling:
         return r, self.scaler(context)
 
     def fit(self, series: Sequence[Tensor], source: WindowSource, windows: int = 10_000) -> WindowScaling:
-        """The training range's mean scale (``scaling="train"``) from ``series`` and ``loc``, ``spread`` from all
+        """The training range's mean scale (``scaling="train"``) from ``series``, the other statistics from all
         training windows of ``source``, or ``windows`` of them drawn with a fixed seed where there are more."""
         if self.scaler.source == "train":
             self.scaler.fit(list(series))
         generator = torch.Generator().manual_seed(0)
         context, future = source.pairs(min(windows, len(source)), generator, everything=len(source) <= windows)
         r, s = self.frame(context)
-        u = ((future - r) / s).flatten(0, 1).double()
-        spread = u.std(dim=0) if u.shape[0] > 1 else torch.ones(u.shape[1], dtype=torch.float64)
-        self.loc, self.spread = u.mean(dim=0).float(), torch.where(spread > 0, spread, torch.ones_like(spread)).float()
+        self.loc, self.spread = _standardisation((future - r) / s)
+        self.context_loc, self.context_spread = _standardisation(context / s)
         return self
 
     def to_model(self, context: Tensor, future: Tensor | None = None
@@ -144,9 +149,8 @@ class WindowScaling:
         if not self.fitted:
             raise RuntimeError("the forecaster must be fit (or loaded) before it forecasts")
         r, s = self.frame(context)
-        loc, spread = self.loc.to(context), self.spread.to(context)
-        y_context = ((context - r) / s - loc) / spread
-        y_future = None if future is None else ((future - r) / s - loc) / spread
+        y_context = (context / s - self.context_loc.to(context)) / self.context_spread.to(context)
+        y_future = None if future is None else ((future - r) / s - self.loc.to(future)) / self.spread.to(future)
         return y_context, y_future, (r, s)
 
     def to_data(self, y: Tensor, frame: tuple[Tensor, Tensor]) -> Tensor:
@@ -155,10 +159,21 @@ class WindowScaling:
         return r + s * (self.loc.to(y) + self.spread.to(y) * y)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_scale": self.scaler.train_scale, "loc": self.loc, "spread": self.spread}
+        return {"train_scale": self.scaler.train_scale, "loc": self.loc, "spread": self.spread,
+                "context_loc": self.context_loc, "context_spread": self.context_spread}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scaler.train_scale, self.loc, self.spread = state["train_scale"], state["loc"], state["spread"]
+        self.scaler.train_scale = state["train_scale"]
+        self.loc, self.spread = state["loc"], state["spread"]
+        self.context_loc, self.context_spread = state["context_loc"], state["context_spread"]
+
+
+def _standardisation(values: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation ``(D,)`` of ``values`` ``(n, L, D)`` over windows and steps (a zero deviation
+    replaced by 1)."""
+    flat = values.flatten(0, 1).double()
+    spread = flat.std(dim=0) if flat.shape[0] > 1 else torch.ones(flat.shape[1], dtype=torch.float64)
+    return flat.mean(dim=0).float(), torch.where(spread > 0, spread, torch.ones_like(spread)).float()
 
 
 class WindowSource:

@@ -50,7 +50,8 @@ def test_forecasts_have_the_api_shape_and_come_back_in_the_original_units():
 @pytest.mark.parametrize("scaling", ["context", "train"])
 def test_scaling_never_reads_the_window_being_forecast(scaling):
     """The frame (last value, scale) and the context in model units depend on the context alone: replacing the
-    future by anything changes only the future's image, by the affine map the context fixed."""
+    future by anything changes only the future's image, by the affine map the context fixed; the context keeps its
+    level (it is not taken relative to its last value)."""
     x = random_walks()
     scaling_map = WindowScaling(scaling, relative=True)
     model = Forecaster(3, 6, 4, scaling=scaling, **TINY)
@@ -60,6 +61,7 @@ def test_scaling_never_reads_the_window_being_forecast(scaling):
     y_context, y_future, (r, s) = scaling_map.to_model(context, future)
     y_context_2, y_future_2, (r2, s2) = scaling_map.to_model(context, 100 * future - 7)
     torch.testing.assert_close(y_context_2, y_context)
+    torch.testing.assert_close(y_context, (context / s - scaling_map.context_loc) / scaling_map.context_spread)
     assert torch.equal(r2, r) and torch.equal(s2, s)
     torch.testing.assert_close(y_future_2, ((100 * future - 7 - r) / s - scaling_map.loc) / scaling_map.spread)
     torch.testing.assert_close(scaling_map.to_data(y_future[:, None], (r, s))[:, 0], future)
@@ -105,7 +107,8 @@ def identity_scaled(process, **kwargs):
     """A forecaster whose model units are the original ones (unit scale, no shift), so forecasts are the score
     model's samples."""
     model = Forecaster(2, 2, 3, process=process, scaling="train", relative=False, **TINY, **kwargs)
-    model.scaling.load_state_dict({"train_scale": torch.ones(2), "loc": torch.zeros(2), "spread": torch.ones(2)})
+    unit = {"loc": torch.zeros(2), "spread": torch.ones(2), "context_loc": torch.zeros(2), "context_spread": torch.ones(2)}
+    model.scaling.load_state_dict({"train_scale": torch.ones(2), **unit})
     return model
 
 
@@ -159,19 +162,19 @@ def var1(T, seed):
 MU, A_VAR = torch.tensor([4.0, 2.0]), torch.tensor([[0.7, 0.25], [-0.3, 0.5]])
 
 
-@pytest.mark.slow
 def test_a_forecaster_learns_the_one_step_law_of_a_var1():
     """Trained on a VAR(1) series, the forecast of the next step given a context has the known conditional mean
-    ``mu + A (x_n - mu)`` and standard deviation 0.3.
+    ``mu + A (x_n - mu)`` and standard deviation 0.3 (scaled by the training range, so that the level relative to
+    ``mu`` is visible in the context; with each context's own mean scale it would not be).
 
     On 30 held-out contexts with 500 samples each, the Monte Carlo error of a forecast mean is 0.3 / sqrt(500) =
-    0.013; the known means differ from the last values by 0.25 in root mean square, so the bound 0.08 on the
-    forecast means' error asks the model to have learned most of the dependence (the last value misses by 0.25,
-    the unconditional mean by 0.42)."""
+    0.013; the known means differ from the last values by 0.167 in root mean square and from ``mu`` by 0.244, so the
+    bound 0.07 on the forecast means' error asks the model to have learned most of the dependence (measured: 0.047
+    after 500 steps, 0.032 after 800)."""
     torch.manual_seed(0)
     model = Forecaster(2, 3, 1, scaling="train", relative=True, hidden_size=16, lstm_layers=1, channels=16,
                        residual_blocks=2, cond_channels=4, time_features=16)
-    model.fit(var1(4000, seed=0), iterations=1500, batch_size=128, stages=1, progress=False)
+    model.fit(var1(4000, seed=0), iterations=600, batch_size=128, stages=1, progress=False)
     held_out = var1(400, seed=1)
     starts = torch.arange(10, 400, 13)[:30]
     context = torch.stack([held_out[s - 3:s] for s in starts])
@@ -179,7 +182,7 @@ def test_a_forecaster_learns_the_one_step_law_of_a_var1():
     samples = model.forecast(context, num_samples=500, steps=50, seed=0)[:, :, 0]  # (30, 500, 2)
     error = (samples.mean(1) - known).square().mean().sqrt()
     last_value_error = (context[:, -1] - known).square().mean().sqrt()
-    assert error < 0.08 < 0.5 * last_value_error
+    assert error < 0.07 < 0.5 * last_value_error
     assert 0.24 < float(samples.std(1).mean()) < 0.36
 
 
