@@ -1,9 +1,10 @@
-"""``python -m sde_control.generative``: fit a generative model to 2-d data or to images, evaluate it, write the
-results.
+"""``python -m sde_control.generative``: fit a generative model to 2-d data or to images (or forecasters to time
+series), evaluate it, write the results.
 
     sde-generative                                   # VSDM and the equal-budget VP baseline on the spiral
     sde-generative data=checkerboard model=vsdm_ti   # one time-invariant A
     sde-generative data=file data.path=$PWD/points.csv model=vp compare_vp=false
+    sde-generative data=macrodata                    # time series: VSDM and VP forecasters (timeseries/cli.py)
     sde-generative --cfg job                         # print the composed configuration
     sde-generative data=digits model=vsdm            # images: the embedded digits (sde_control.generative.images)
     torchrun --nproc_per_node=8 -m sde_control.generative data=cifar10 data.root=~/data preset=paper \
@@ -39,6 +40,8 @@ from .evaluation import evaluate
 from .plotting import plot_trajectories
 from .sampling import evaluations
 from .score_model import ScoreModel
+from .timeseries import ForecastDataset, ForecastTraining
+from .timeseries import cli as timeseries_cli
 from .vsdm import VSDM, VSDMTraining, fit_equal_budget
 
 TABLE, METRICS, SAMPLES, PLOT = "results.md", "results.json", "samples.pt", "trajectories.png"
@@ -47,6 +50,7 @@ TASKS = ("train", "sample", "fid")
 ConfigStore.instance().store(group="schema", name="vsdm_training", node=VSDMTraining)
 ConfigStore.instance().store(group="schema", name="image_options", node=images.ImageOptions)
 ConfigStore.instance().store(group="schema", name="fid_options", node=images.FIDOptions)
+ConfigStore.instance().store(group="schema", name="forecast_training", node=ForecastTraining)
 
 
 def split(points: torch.Tensor, held_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +72,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if isinstance(points, Images):
         return run_images(cfg, out_dir, points)
     if cfg.task != "train":
-        raise ValueError(f"task={cfg.task} scores image runs; these data are points")
+        raise ValueError(f"task={cfg.task} scores image runs; these data are not images")
+    if isinstance(points, ForecastDataset):
+        return timeseries_cli.run(cfg, points, out_dir)
     train, test = split(validate(points), cfg.held_out, cfg.seed)
     model: ScoreModel = instantiate(cfg.model, dim=train.shape[1], _convert_="all")
     models = {type(model).__name__: model}
