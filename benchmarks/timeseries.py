@@ -1,15 +1,22 @@
 """Probabilistic forecasting: CRPS-sum, CRPS and energy score of each model on a protocol's test windows.
 
-    python benchmarks/timeseries.py                                   # exchange_rate_nips, naive and VAR, 3 seeds
+    python benchmarks/timeseries.py                                   # exchange_rate_nips: naive, VAR, VP, VSDM, 3 seeds
     python benchmarks/timeseries.py --path exchange_rate.txt.gz       # LSTNet's file, if not found by default
     python benchmarks/timeseries.py --data electricity_nips --path ~/.gluonts/datasets/electricity_nips
-    python benchmarks/timeseries.py --smoke                           # macrodata, 20 samples, 1 seed; writes nothing
+    python benchmarks/timeseries.py --budget reduced --seeds 1        # a shorter run of the diffusion forecasters
+    python benchmarks/timeseries.py --smoke                           # macrodata, tiny, 1 seed; writes nothing
 
 Protocols (:mod:`sde_control.generative.timeseries.data`): ``exchange_rate_nips`` (LSTNet's exchange_rate.txt.gz,
 github.com/laiguokun/multivariate-time-series-data, cut as gluonts cuts it: 5 windows of 30 business days),
 ``electricity_nips``, ``solar_nips``, ``traffic_nips`` (gluonts' JSON-lines folders: 7 windows of 24 hours) and
-``macrodata`` (statsmodels, 5 windows of 4 quarters). Context length: the prediction length (TimeGrad's choice),
-16 quarters for macrodata, or ``--context``.
+``macrodata`` (statsmodels, 5 windows of 4 quarters). Context length: the protocol's (the prediction length,
+TimeGrad's choice; 16 quarters for macrodata), or ``--context``.
+
+The diffusion forecasters (:class:`~sde_control.generative.timeseries.Forecaster`) run at an equal budget: the same
+network, the same number of score-network steps on batches of the same size with the same learning-rate schedule
+(``BUDGETS``); VSDM adds its forward updates (backward paths after each stage but the last), whose time shows in its
+fit time. ``full`` (the table's) takes about 4 minutes per diffusion cell on one core of this CPU; ``reduced``
+a quarter of the steps.
 
 Each cell (model, seed) fits the model on the training range, draws ``--samples`` (100) paths per test window from
 the context before it and scores them in the original units: CRPS-sum and CRPS exactly as gluonts'
@@ -38,6 +45,8 @@ from common import machine, markdown_table, mean_std, run_cells, write_section  
 
 from sde_control.generative.timeseries import (  # noqa: E402
     ForecastDataset,
+    Forecaster,
+    ForecastTraining,
     GaussianVAR,
     NaiveBootstrap,
     crps,
@@ -62,9 +71,6 @@ DATASETS: dict[str, Callable[[Path | None], ForecastDataset]] = {
     "traffic_nips": traffic_nips,
     "macrodata": lambda path: macrodata(),
 }
-DEFAULT_CONTEXT = {"macrodata": 16}  # otherwise the prediction length
-
-
 def naive(dataset: ForecastDataset, context_length: int, seed: int, budget: dict[str, Any]) -> NaiveBootstrap:
     return NaiveBootstrap(dataset.prediction_length).fit(dataset.train)
 
@@ -73,9 +79,25 @@ def var(dataset: ForecastDataset, context_length: int, seed: int, budget: dict[s
     return GaussianVAR(dataset.prediction_length).fit(dataset.train)
 
 
+def diffusion(process: str) -> Callable[..., Forecaster]:
+    """The forecaster of ``process`` trained at the cell's budget (its network sizes and training options)."""
+
+    def fit(dataset: ForecastDataset, context_length: int, seed: int, budget: dict[str, Any]) -> Forecaster:
+        torch.manual_seed(seed)
+        model = Forecaster(dataset.dim, context_length, dataset.prediction_length, process=process,
+                           **budget["network"])
+        model.fit(dataset.train, progress=False, **budget["train"])
+        return model
+
+    return fit
+
+
+BASELINES = ("naive", "var")  # their cells do not depend on the diffusion budget
 MODELS: dict[str, tuple[str, Callable[..., Any]]] = {
     "naive": ("Naive (last value + bootstrapped changes)", naive),
     "var": ("VAR (statsmodels, AIC order; ridge VAR(1) above 150 series)", var),
+    "vp": ("VP forecaster (conditional score model)", diffusion("vp")),
+    "vsdm": ("VSDM forecaster (learned D x D A_t)", diffusion("vsdm")),
 }
 
 # CRPS-sum as quoted in issue 14 from TimeGrad's Table 1 (Rasul et al., ICML 2021), read second-hand.
@@ -86,7 +108,17 @@ PUBLISHED = {
     "electricity_nips": [("TimeGrad", "0.0206")],
 }
 
-BUDGETS: dict[str, dict[str, Any]] = {"full": dict(samples=100, seeds=3), "smoke": dict(samples=20, seeds=1)}
+TRAINING = dict(batch_size=64, stages=10, paths=128, path_steps=25)
+BUDGETS: dict[str, dict[str, Any]] = {
+    "full": dict(samples=100, seeds=3, network={}, train=dict(iterations=2000, **TRAINING),
+                 sampling=dict(steps=50, method="sde")),
+    "reduced": dict(samples=100, seeds=3, network={}, train=dict(iterations=500, **TRAINING),
+                    sampling=dict(steps=50, method="sde")),
+    "smoke": dict(samples=20, seeds=1, network=dict(hidden_size=8, lstm_layers=1, channels=8, residual_blocks=2,
+                                                     cond_channels=2, time_features=8),
+                  train=dict(iterations=4, batch_size=16, stages=2, paths=8, path_steps=3, forward_iterations=2),
+                  sampling=dict(steps=4, method="sde")),
+}
 
 
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +129,8 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     model = MODELS[cell["model"]][1](dataset, cell["context"], cell["seed"], BUDGETS[cell["budget"]])
     fit_time = time.perf_counter() - started
     started = time.perf_counter()
-    samples = model.forecast(context, num_samples=cell["samples"], seed=cell["seed"])
+    sampling = BUDGETS[cell["budget"]]["sampling"] if isinstance(model, Forecaster) else {}
+    samples = model.forecast(context, num_samples=cell["samples"], seed=cell["seed"], **sampling)
     result = {"fit_time_s": fit_time, "forecast_time_s": time.perf_counter() - started,
               "order": getattr(model, "order", None),
               "crps_sum": crps_sum(samples, future), "crps": crps(samples, future),
@@ -108,6 +141,20 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         plot_fan_chart(samples[0], future[0], Path(cell["out"]) / f"{cell['model']}_window0.png", context=context[0],
                        title=f"{MODELS[cell['model']][0]}, {cell['data']} test window 0")
     return result
+
+
+def describe(budget_name: str) -> str:
+    """The diffusion forecasters' budget in words."""
+    budget = BUDGETS[budget_name]
+    train, sampling = {**ForecastTraining().as_dict(), **budget["train"]}, budget["sampling"]
+    network = ("the network " + ", ".join(f"{k} {v}" for k, v in budget["network"].items()) if budget["network"]
+               else "the default ContextDenoiser (0.40 M parameters at D = 8, P = 30)")
+    return (f"Diffusion forecasters ({budget_name} budget, equal for VP and VSDM): {network}; "
+            f"{train['iterations']} score-network steps on batches of {train['batch_size']} windows over "
+            f"{train['stages']} stages (learning rate {train['lr']} decaying to {train['lr'] * train['lr_final']:g}); "
+            f"VSDM's forward update after each stage but the last: {train['forward_iterations']} steps on "
+            f"{train['paths']} backward paths of {train['path_steps']} steps; forecasts by {sampling['steps']} "
+            f"{'reverse-SDE' if sampling['method'] == 'sde' else 'probability-flow'} steps.")
 
 
 def table(results: list[dict[str, Any]], data: str) -> str:
@@ -135,10 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, help="context length (default: see above)")
     parser.add_argument("--seeds", type=int, help="seeds per model (default 3; smoke 1)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at a time (one process each)")
-    parser.add_argument("--smoke", action="store_true", help="macrodata, 20 samples, 1 seed; prints, writes nothing")
+    parser.add_argument("--budget", choices=["full", "reduced"], default="full",
+                        help="the diffusion forecasters' training budget (see BUDGETS)")
+    parser.add_argument("--smoke", action="store_true", help="macrodata, tiny, 1 seed; prints, writes nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    budget_name = "smoke" if args.smoke else "full"
+    budget_name = "smoke" if args.smoke else args.budget
     budget = BUDGETS[budget_name]
     data = "macrodata" if args.smoke else args.data
     models = args.models.split(",")
@@ -146,9 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
     dataset = DATASETS[data](args.path)  # fails early, with the message saying where to get the data
-    context = args.context or DEFAULT_CONTEXT.get(data, dataset.prediction_length)
+    context = args.context or dataset.default_context
     out = Path(tempfile.mkdtemp()) if args.smoke else HERE / "results" / "timeseries" / data
-    cells = [dict(id=f"{model}-c{context}-s{budget['samples']}-{seed}", budget=budget_name, data=data,
+    cells = [dict(id=f"{model}-c{context}-s{budget['samples']}{'' if model in BASELINES else '-' + budget_name}-{seed}",
+                  budget=budget_name, data=data,
                   path=None if args.path is None else str(args.path), model=model, seed=seed, context=context,
                   samples=budget["samples"], out=str(out))
              for model in models for seed in range(args.seeds or budget["seeds"])]
@@ -163,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         f"standard deviation over seeds). Machine: {machine()}. CRPS-sum and CRPS as gluonts' MultivariateEvaluator "
         "(quantiles 0.05..0.95, pooled over windows); energy score over the whole window, averaged over windows; "
         "lower is better. Published rows: CRPS-sum from TimeGrad's Table 1 (Rasul et al. 2021), as quoted in "
-        "issue 14.",
+        "issue 14. " + describe(budget_name),
         "",
         table(results, data),
         "",
@@ -172,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.smoke:
         if not TABLE.exists():
             TABLE.write_text("# Time-series forecasting benchmarks\n")
-        write_section(f"timeseries-{data}", text, TABLE)
+        write_section(f"timeseries-{data}" + ("" if budget_name == "full" else f"-{budget_name}"), text, TABLE)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def test_discretisation_bias_smoke(tmp_path):
 def test_timeseries_smoke(tmp_path):
     text = run("timeseries.py", "--smoke", cwd=tmp_path)
     assert "## macrodata" in text and "| Naive (last value" in text and "| VAR (statsmodels" in text
+    assert "| VP forecaster" in text and "| VSDM forecaster" in text
 
 
 def test_sinkhorn_smoke(tmp_path):
