@@ -25,6 +25,8 @@ SMALLER = {  # the README's sizes -> test sizes; every example must use only siz
     "stage_iterations=500": "stage_iterations=2",
     "grid_steps=100": "grid=4, grid_steps=2",
     "steps=100": "steps=3",
+    "iterations=2000, batch_size=64,": "iterations=4, batch_size=16, stages=2, paths=8, path_steps=3,",
+    "num_samples=100)": "num_samples=10, steps=4)",
 }
 
 
