@@ -278,8 +278,9 @@ class Forecaster(Checkpointable):
         Every (context, future) pair that lies inside a series is a training window (:class:`WindowSource`);
         ``iterations`` and ``batch_size`` (default: :class:`ForecastTraining`'s) and ``options`` (its other fields)
         set the run. With ``checkpoint`` the state is written after every stage; with ``resume`` an existing file of
-        the same run is continued and one of another run refused, naming the differences. Returns one record per
-        stage (:meth:`~sde_control.generative.vsdm.VSDM.fit`).
+        the same run is continued and one of another run refused, naming the differences. A model that has trained
+        continues with more ``stages`` (and ``iterations`` in proportion), in the scaling it was trained in.
+        Returns one record per stage (:meth:`~sde_control.generative.vsdm.VSDM.fit`).
         """
         given = {k: v for k, v in (("iterations", iterations), ("batch_size", batch_size)) if v is not None}
         config = config_from(ForecastTraining, {**given, **options})
@@ -288,7 +289,8 @@ class Forecaster(Checkpointable):
         items = self._training_series(series)
         source = WindowSource([ForecastDataset(s, len(s), self.prediction_length, ()).windows(self.context_length)
                                for s in items], self.scaling)
-        self.scaling.fit(items, source)
+        if self.model.stage == 0:  # a trained model keeps the scaling it was trained in
+            self.scaling.fit(items, source)
         self.training_config = config
         return self.model.fit(source, checkpoint=checkpoint, resume=resume, owner=self, **config.as_dict())
 
