@@ -32,6 +32,7 @@ def test_lstnet_cut_of_a_7588_step_series_is_the_exchange_rate_nips_protocol():
     assert dataset.train_end == 6071  # rows 0..6070: gluonts' training_end = index[int(0.8 * 7588)], included
     assert dataset.test_starts == (6071, 6101, 6131, 6161, 6191)
     assert dataset.series.shape[0] == 6221  # the last window is [6191, 6221)
+    assert dataset.default_context == 30  # the prediction length, TimeGrad's context
     context, future = dataset.windows(30).test_pairs()
     for k, start in enumerate(dataset.test_starts):
         assert future[k, :, 0].tolist() == list(range(start, start + 30))
@@ -56,7 +57,7 @@ def test_macrodata_protocol():
     dataset = macrodata()
     assert dataset.series.shape == (203, 12) and dataset.prediction_length == 4
     assert dataset.train_end == 183 and dataset.test_starts == (183, 187, 191, 195, 199)
-    context, future = dataset.windows(16).test_pairs()
+    context, future = dataset.windows().test_pairs()  # the protocol's context: 16 quarters
     assert context.shape == (5, 16, 12) and future.shape == (5, 4, 12)
     assert torch.equal(future[-1], dataset.series[199:203]) and torch.equal(context[0], dataset.series[167:183])
 
