@@ -108,11 +108,10 @@ PUBLISHED = {
     "electricity_nips": [("TimeGrad", "0.0206")],
 }
 
-TRAINING = dict(batch_size=64, stages=10, paths=128, path_steps=25)
-BUDGETS: dict[str, dict[str, Any]] = {
-    "full": dict(samples=100, seeds=3, network={}, train=dict(iterations=2000, **TRAINING),
+BUDGETS: dict[str, dict[str, Any]] = {  # the forecasters' network and training options beside ForecastTraining's
+    "full": dict(samples=100, seeds=3, network={}, train=dict(iterations=2000, batch_size=64),
                  sampling=dict(steps=50, method="sde")),
-    "reduced": dict(samples=100, seeds=3, network={}, train=dict(iterations=500, **TRAINING),
+    "reduced": dict(samples=100, seeds=3, network={}, train=dict(iterations=500, batch_size=64),
                     sampling=dict(steps=50, method="sde")),
     "smoke": dict(samples=20, seeds=1, network=dict(hidden_size=8, lstm_layers=1, channels=8, residual_blocks=2,
                                                      cond_channels=2, time_features=8),

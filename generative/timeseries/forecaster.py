@@ -78,8 +78,8 @@ class ForecastTraining(VSDMTraining):
     iterations: int = 2000
     batch_size: int = 64
     stages: int = 10
-    paths: int = 256
-    path_steps: int = 50
+    paths: int = 128
+    path_steps: int = 25
 
 
 def to_state(window: Tensor) -> Tensor:
