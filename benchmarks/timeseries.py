@@ -15,8 +15,8 @@ TimeGrad's choice; 16 quarters for macrodata), or ``--context``.
 The diffusion forecasters (:class:`~sde_control.generative.timeseries.Forecaster`) run at an equal budget: the same
 network, the same number of score-network steps on batches of the same size with the same learning-rate schedule
 (``BUDGETS``); VSDM adds its forward updates (backward paths after each stage but the last), whose time shows in its
-fit time. ``full`` (the table's) takes about 4 minutes per diffusion cell on one core of this CPU; ``reduced``
-a quarter of the steps.
+fit time. ``full`` (the table's) took 7 to 14 minutes per diffusion cell on one thread of this project's shared
+2-core CPU (75 minutes for the whole exchange_rate_nips table); ``reduced`` takes a quarter of the steps.
 
 Each cell (model, seed) fits the model on the training range, draws ``--samples`` (100) paths per test window from
 the context before it and scores them in the original units: CRPS-sum and CRPS exactly as gluonts'
