@@ -1,6 +1,6 @@
 """Probabilistic forecasting: CRPS-sum, CRPS and energy score of each model on a protocol's test windows.
 
-    python benchmarks/timeseries.py                                   # exchange_rate_nips: naive, VAR, VP, VSDM, 3 seeds
+    python benchmarks/timeseries.py                                   # exchange_rate_nips, 4 models, 3 seeds
     python benchmarks/timeseries.py --path exchange_rate.txt.gz       # LSTNet's file, if not found by default
     python benchmarks/timeseries.py --data electricity_nips --path ~/.gluonts/datasets/electricity_nips
     python benchmarks/timeseries.py --budget reduced --seeds 1        # a shorter run of the diffusion forecasters

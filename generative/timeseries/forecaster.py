@@ -245,7 +245,8 @@ class Forecaster(Checkpointable):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if process not in PROCESSES:
             raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
-        self.dim, self.context_length, self.prediction_length, self.process = dim, context_length, prediction_length, process
+        self.dim, self.context_length, self.prediction_length = dim, context_length, prediction_length
+        self.process = process
         self.scaling = WindowScaling(scaling, relative)
         denoiser = ContextDenoiser(dim, prediction_length, hidden_size=hidden_size, lstm_layers=lstm_layers,
                                    channels=channels, blocks=residual_blocks, cond_channels=cond_channels,

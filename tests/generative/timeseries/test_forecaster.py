@@ -107,7 +107,8 @@ def identity_scaled(process, **kwargs):
     """A forecaster whose model units are the original ones (unit scale, no shift), so forecasts are the score
     model's samples."""
     model = Forecaster(2, 2, 3, process=process, scaling="train", relative=False, **TINY, **kwargs)
-    unit = {"loc": torch.zeros(2), "spread": torch.ones(2), "context_loc": torch.zeros(2), "context_spread": torch.ones(2)}
+    zero, one = torch.zeros(2), torch.ones(2)
+    unit = {"loc": zero, "spread": one, "context_loc": zero, "context_spread": one}
     model.scaling.load_state_dict({"train_scale": torch.ones(2), **unit})
     return model
 
@@ -127,7 +128,7 @@ def test_vsdm_samples_with_the_forward_process_its_score_belongs_to():
     context = torch.tensor([[[0.0, 0.0], [1.0, -2.0]], [[0.0, 0.0], [-3.0, 0.5]]])  # mu: (1, -2) and (-3, 0.5)
     model = identity_scaled("vsdm")
     weights = torch.tensor([[[-0.3, 0.4], [-0.2, -0.5]], [[-0.4, -0.5], [0.3, -0.2]], [[-0.6, 0.3], [0.0, -0.3]]],
-                           dtype=torch.float64)  # contracting more than VP: Psi_T is about 0.01, so N(0, I) is X_T's law
+                           dtype=torch.float64)  # contracting more than VP: Psi_T ~ 0.01, so N(0, I) is X_T's law
     with torch.no_grad():
         model.model.forward_trainer.module.weight.copy_(weights)
         model.sde.weight.copy_(weights)  # the averaged forward process, the one the model samples with
@@ -196,13 +197,14 @@ def test_save_load_and_resume(tmp_path):
     assert isinstance(loaded, Forecaster) and isinstance(loaded.training_config, ForecastTraining)
     assert loaded.process == "vsdm" and loaded.dim == 3 and len(loaded.model.stages) == 2
     context = x[None, -6:]
-    torch.testing.assert_close(loaded.forecast(context, 5, steps=3, seed=0), model.forecast(context, 5, steps=3, seed=0))
+    forecast = model.forecast(context, 5, steps=3, seed=0)
+    torch.testing.assert_close(loaded.forecast(context, 5, steps=3, seed=0), forecast)
     torch.testing.assert_close(loaded.sde.weight, model.sde.weight)
 
     again = Forecaster(3, 6, 4, process="vsdm", **TINY)  # the same run again: finished, so loaded as it is
     again.fit(x, iterations=4, batch_size=8, checkpoint=path, **QUICK)
     assert again.model.trainer.iteration == 4
-    torch.testing.assert_close(again.forecast(context, 5, steps=3, seed=0), model.forecast(context, 5, steps=3, seed=0))
+    torch.testing.assert_close(again.forecast(context, 5, steps=3, seed=0), forecast)
     longer = Forecaster(3, 6, 4, process="vsdm", **TINY)
     longer.fit(x, iterations=8, batch_size=8, checkpoint=path, **{**QUICK, "stages": 4})  # two more stages
     assert [r["stage"] for r in longer.model.stages] == [1, 2, 3, 4] and longer.model.trainer.iteration == 8
