@@ -41,9 +41,10 @@ class TrainConfig:
         batch_size: samples (paths, data points) per step.
         lr, weight_decay: Adam's (the DIS paper: 5e-3 and 1e-7).
         grad_clip: maximal gradient 2-norm (the DIS paper: 1); ``None`` disables.
-        lr_final: learning-rate factor reached at the end of the run, in steps of ``lr_every`` iterations (the DIS
-            paper: 1/50 every 100).
-        lr_every: iterations per step of the learning-rate decay.
+        lr_final: learning-rate factor reached at the end of the run, in steps of ``lr_every`` (the DIS
+            paper: 1/50 in steps of 100 of its 20,000 iterations).
+        lr_every: length of a step of the learning-rate decay: a number of iterations, or, below 1, a fraction of the
+            run (:meth:`lr_block`).
         progress: show a progress bar.
         checkpoint_every: iterations between checkpoints (when the run has a checkpoint file).
         precision: ``"float32"``, ``"float16"`` (with a gradient scaler) or ``"bfloat16"`` (autocast).
@@ -58,7 +59,7 @@ class TrainConfig:
     weight_decay: float = 1e-7
     grad_clip: float | None = 1.0
     lr_final: float = 0.02
-    lr_every: int = 100
+    lr_every: float = 100
     progress: bool = True
     checkpoint_every: int = 500
     precision: str = "float32"
@@ -70,15 +71,25 @@ class TrainConfig:
     """Fields a resumed run may change (a longer run extends a finished one); any other difference is refused."""
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "lr_every", "checkpoint_every", "accumulation", "sync_every"):
+        for name in ("iterations", "batch_size", "checkpoint_every", "accumulation", "sync_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.lr_every, bool) or not (0 < self.lr_every < 1 or float(self.lr_every).is_integer()):
+            raise ValueError(f"lr_every must be a whole number of iterations or a fraction of the run in (0, 1), got "
+                             f"{self.lr_every!r}")
         if not self.lr > 0 or not self.lr_final > 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0, lr_final > 0, weight_decay >= 0, got {self.lr}, {self.lr_final}, "
                              f"{self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+    def lr_block(self, run_iterations: int) -> int:
+        """Iterations per step of the learning-rate decay in a run of ``run_iterations``: ``lr_every`` itself, or
+        ``lr_every`` times the run's length (at least 1) when ``lr_every < 1``."""
+        if self.lr_every >= 1:
+            return int(self.lr_every)
+        return max(1, round(self.lr_every * run_iterations))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` (validated)."""
@@ -122,9 +133,11 @@ class Trainer:
         return self.module if self.ema is None else self.ema.module
 
     def learning_rate(self, config: TrainConfig, iteration: int | None = None) -> float:
-        """Stepwise decay within the current run: ``lr * lr_final ** (floor(j / every) * every / K)``."""
+        """Stepwise decay within the current run of ``K`` iterations: ``lr * lr_final ** (floor(j / every) * every /
+        K)`` at its iteration ``j``, ``every = config.lr_block(K)``."""
         j = (self.iteration if iteration is None else iteration) - self.run["start"]
-        return config.lr * config.lr_final ** ((j // config.lr_every) * config.lr_every / self.run["iterations"])
+        every = config.lr_block(self.run["iterations"])
+        return config.lr * config.lr_final ** ((j // every) * every / self.run["iterations"])
 
     def fit(
         self,
@@ -137,6 +150,7 @@ class Trainer:
         evaluate_every: int | None = None,
         checkpoint: Callable[[], None] | None = None,
         graph_key: Callable[[int], Hashable] | None = None,
+        annotate: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Run ``config.iterations`` optimisation steps (with ``resume``, finish or extend the loaded run instead).
 
@@ -144,7 +158,8 @@ class Trainer:
         ``time`` column of the history); ``checkpoint()`` every ``config.checkpoint_every`` steps and at the end.
         Raises :class:`TrainingDivergedError` on a non-finite loss or gradient, before its update is kept.
         ``graph_key`` (with ``config.cuda_graph`` and a graph-safe ``loss_fn``) keys the CUDA-graph captures: a
-        new graph is captured whenever it changes.
+        new graph is captured whenever it changes. ``annotate(record)`` may add fields to each iteration's record
+        before it is stored (a sampler's count of target evaluations).
         """
         if resume and self.run is not None:
             self.run["iterations"] = config.iterations
@@ -176,6 +191,8 @@ class Trainer:
                 bar.update(taken)
                 for record in records:
                     record["time"] = elapsed
+                    if annotate is not None:
+                        annotate(record)
                     self.history.append(record)
                     postfix = {k: v for k, v in record.items() if k in ("loss", "log_z", "ess")} or postfix
                     bar.set_postfix(postfix, refresh=False)

@@ -43,7 +43,7 @@ def test_other_groups_and_a_sweep(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [("target=funel", "Could not find 'target/funel'"), ("train.iterationz=3", "iterationz"),
-     ("sampler.integrator=rk4", "integrator must be 'euler' or 'exponential'")],
+     ("sampler.integrator=rk4", "integrator must be one of 'ancestral', 'euler', 'exponential'")],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):
     result = run_cli(*TINY, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
