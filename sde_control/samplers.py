@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -164,6 +165,9 @@ class Sampler(Checkpointable):
     """Solver of ``fit(adjoint=True)`` (:func:`~sde_control.integrate.simulate_continuous`); ``None`` where the
     adjoint gives no usable gradient (:class:`DIS`) or does not apply (backward controls, underdamped states)."""
 
+    adjoint_min_steps: ClassVar[int] = 1
+    """Fewer steps than this make ``fit(adjoint=True)`` warn: its gradient error is then large (:class:`DDS`)."""
+
     default_exploration: ClassVar[float] = 0.0
     """The log-variance loss's behaviour noise when ``fit`` is not told one (measured per sampler: see its
     docstring)."""
@@ -215,6 +219,11 @@ class Sampler(Checkpointable):
         return next(self.control.parameters(), torch.empty(0)).device
 
     @property
+    def name(self) -> str:
+        """The sampler's name for tables: its class, and ``(underdamped)`` on position and velocity."""
+        return type(self).__name__ + (" (underdamped)" if self.reference.state_dim > self.target.dim else "")
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         """One record per training iteration (loss, gradient norm, learning rate, time, cumulative target
         evaluations, ...)."""
@@ -256,6 +265,10 @@ class Sampler(Checkpointable):
         if config.adjoint and self.adjoint_method is None:
             raise ValueError(f"{type(self).__name__} cannot be trained through the adjoint (see its docstring); use "
                              f"adjoint=False")
+        if config.adjoint and min(config.step_schedule or (self.steps,)) < self.adjoint_min_steps:
+            warnings.warn(f"{type(self).__name__}'s {self.adjoint_method} adjoint has a gradient error that shrinks "
+                          f"with the step only (see its docstring); with fewer than {self.adjoint_min_steps} steps it "
+                          f"is large: use more steps or adjoint=False", stacklevel=2)
         resumed = checkpoint is not None and resume and self.resume_from(checkpoint, config)
         self.training_config = config
         trainer = self.trainer
@@ -267,8 +280,7 @@ class Sampler(Checkpointable):
             position = iteration - trainer.run["start"]
             return config.steps_at(position, self.steps), config.clip_at(position)
 
-        measured: dict[int, int] = {}  # evaluations of the iterations whose loss ran in Python
-        per_key: dict[tuple[int, float], int] = {}  # what an iteration costs, by its capture key
+        ledger = EvaluationLedger(self.training_evaluations)
 
         def step_loss(iteration: int) -> tuple[Tensor, dict[str, float]]:
             before = self.counted.count
@@ -282,8 +294,7 @@ class Sampler(Checkpointable):
                 options = {"exploration": exploration, "chunk": config.lv_chunk}
             out = LOSSES[config.loss](self.counted, self.reference, forward, x0, grid, backward=backward,
                                       graph_safe=config.cuda_graph, **options)
-            measured[iteration] = measured.get(iteration, 0) + self.counted.count - before
-            per_key[key(iteration)] = measured[iteration]
+            ledger.measure(iteration, key(iteration), self.counted.count - before)
             if config.cuda_graph or config.adjoint:
                 return out.loss, {}
             batch = LogZEstimate.from_log_weights(out.log_weights)
@@ -291,18 +302,16 @@ class Sampler(Checkpointable):
 
         def annotate(record: dict[str, Any]) -> None:
             iteration = record["iteration"] - 1
-            # A CUDA-graph replay runs no Python: it costs what the capture of its key measured.
-            self.training_evaluations += measured.pop(iteration) if iteration in measured else per_key[key(iteration)]
-            record["evaluations"] = self.training_evaluations
+            self.training_evaluations = record["evaluations"] = ledger.record(iteration, key(iteration))
 
         def evaluate() -> dict[str, float]:
             est = self.estimate_log_z(config.eval_samples, eubo=False)
-            self.training_evaluations = est.evaluations
+            self.training_evaluations = ledger.total = est.evaluations
             return {"eval_log_z": est.log_z, "eval_elbo": est.elbo, "eval_ess": est.ess,
                     "evaluations": self.training_evaluations}
 
         return trainer.fit(
-            step_loss, config, resume=resumed, description=f"{type(self).__name__} ({config.loss})",
+            step_loss, config, resume=resumed, description=f"{self.name} ({config.loss})",
             evaluate=evaluate if config.evaluate_every else None, evaluate_every=config.evaluate_every,
             checkpoint=None if checkpoint is None else lambda: self.save(checkpoint),
             graph_key=key, annotate=annotate,
@@ -363,6 +372,30 @@ class Sampler(Checkpointable):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trainer.load_state_dict(state["trainer"])
         self.training_evaluations = state.get("evaluations", 0)
+
+
+class EvaluationLedger:
+    """The cumulative count of target evaluations of a training run, iteration by iteration.
+
+    An iteration whose loss ran in Python is counted as measured (the counting target's increase, summed over its
+    micro-batches). A CUDA-graph replay runs no Python: it is counted as what the last measured iteration with the
+    same capture key (step count and clip) cost, the work the replay repeats.
+    """
+
+    def __init__(self, total: int = 0):
+        self.total = total
+        self._measured: dict[int, int] = {}
+        self._by_key: dict[Any, int] = {}
+
+    def measure(self, iteration: int, key: Any, count: int) -> None:
+        """The loss of ``iteration`` (capture key ``key``) evaluated the target ``count`` times."""
+        self._measured[iteration] = self._measured.get(iteration, 0) + count
+        self._by_key[key] = self._measured[iteration]
+
+    def record(self, iteration: int, key: Any) -> int:
+        """Add the evaluations of the finished ``iteration``; returns the total."""
+        self.total += self._measured.pop(iteration) if iteration in self._measured else self._by_key[key]
+        return self.total
 
 
 def _chunks(n: int, size: int) -> list[int]:
@@ -460,7 +493,19 @@ class PIS(Sampler):
 class DDS(Sampler):
     r"""Denoising diffusion sampler (Vargas, Grathwohl, Doucet): the reference is the stationary
     VP/OU process from ``N(0, I)`` read from noise to data (``beta`` from ``beta_max`` down to
-    ``beta_min``), stepped with its exact transition; the guidance is the target score."""
+    ``beta_min``), stepped with its exact transition; the guidance is the target score.
+
+    ``fit(adjoint=True)`` uses torchsde's Euler adjoint, and warns below 800 steps. Reversible Heun, PIS's
+    adjoint, gives its own solver's gradient exactly, but on DDS's contracting drift its forward solution is wrong
+    at coarse steps: at a near-optimal control on the 2-d Gaussian (ELBO 0.727 / 0.705 / 0.698 at 100 / 200 / 800
+    steps) its continuous objective is -0.017 / 0.531 / 0.698, Euler's 0.630 / 0.691 / 0.707. The Euler adjoint's
+    gradient error against backpropagation through its solver falls like the step: 0.70 / 0.23 / 0.054 / 0.018 at
+    100 / 200 / 800 / 1600 steps. Measured by ``benchmarks/adjoint_accuracy.py`` (table in
+    ``benchmarks/RESULTS.md``).
+    """
+
+    adjoint_method = "euler"
+    adjoint_min_steps = 800
 
     def __init__(self, target: Target, *, steps: int = 200, beta_min: float = 0.1, beta_max: float = 10.0,
                  T: float = 1.0, control: str | nn.Module = "score", width: int = 64, depth: int = 4):

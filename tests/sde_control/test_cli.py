@@ -40,10 +40,23 @@ def test_other_groups_and_a_sweep(tmp_path):
     assert samplers == ["DDS", "PIS"]
 
 
+def test_the_new_samplers_with_both_losses(tmp_path):
+    """``sampler=bridge|cmcd|dis_ud|bridge_ud``, each with the log-variance loss (exploring by default) and one with
+    the KL loss and an explicit exploration setting refused."""
+    result = run_cli("-m", *TINY, "sampler=bridge,cmcd,dis_ud,bridge_ud", "loss=lv,kl",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
+    assert sorted((r["sampler"], r["loss"]) for r in runs) == sorted(
+        (name, loss) for name in ("Bridge", "CMCD", "DIS (underdamped)", "Bridge (underdamped)") for loss in ("lv", "kl"))
+    assert all(r["evaluations"] > 0 for r in runs)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [("target=funel", "Could not find 'target/funel'"), ("train.iterationz=3", "iterationz"),
-     ("sampler.integrator=rk4", "integrator must be one of 'ancestral', 'euler', 'exponential'")],
+     ("sampler.integrator=rk4", "integrator must be one of 'ancestral', 'euler', 'exponential'"),
+     ("train.exploration=-1", "exploration must be non-negative")],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):
     result = run_cli(*TINY, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
