@@ -53,6 +53,8 @@ class SamplerTraining(TrainConfig):
         exploration: the log-variance loss's behaviour noise ``eta`` (the path's noise widened by ``sqrt(1 +
             eta^2)``, :func:`~sde_control.integrate.simulate_chain`); ``None``: the sampler's
             ``default_exploration`` for ``loss="lv"``, 0 for ``"kl"`` (whose paths are its own: it cannot explore).
+        exploration_end: the exploration's factor at the end of the run: ``eta`` falls linearly to ``eta *
+            exploration_end`` in ten equal steps (1: constant; each step is one CUDA-graph capture).
         detach_score: evaluate the control's score guidance on detached states, so that the KL loss's gradient
             through the path skips the score's derivative (the DDS authors' choice); the log-variance loss has no
             gradient through the path, so it changes nothing there.
@@ -73,6 +75,7 @@ class SamplerTraining(TrainConfig):
 
     loss: str = "lv"
     exploration: float | None = None
+    exploration_end: float = 0.0
     detach_score: bool = True
     step_schedule: tuple[int, ...] | None = None
     clip_values: tuple[float, ...] = (10.0, 50.0, 250.0)
@@ -95,6 +98,8 @@ class SamplerTraining(TrainConfig):
             raise ValueError("cuda_graph=True needs a graph-safe loss: the adjoint solver is not (use adjoint=False)")
         if self.exploration is not None and not self.exploration >= 0:
             raise ValueError(f"exploration must be non-negative or None, got {self.exploration}")
+        if not 0 <= self.exploration_end <= 1:
+            raise ValueError(f"exploration_end must be in [0, 1], got {self.exploration_end}")
         if self.exploration and self.loss != "lv":
             raise ValueError("exploration applies to the log-variance loss only: the KL loss differentiates through "
                              "paths drawn from its own control")
@@ -129,11 +134,12 @@ class SamplerTraining(TrainConfig):
                 value = clip
         return value
 
-    def exploration_for(self, default: float) -> float:
-        """The behaviour noise of this run given the sampler's default for the log-variance loss."""
-        if self.exploration is not None:
-            return self.exploration
-        return default if self.loss == "lv" else 0.0
+    def exploration_for(self, default: float, run_position: int = 0) -> float:
+        """The behaviour noise ``run_position`` iterations into the run, given the sampler's default for the
+        log-variance loss."""
+        start = self.exploration if self.exploration is not None else default if self.loss == "lv" else 0.0
+        phase = min(run_position * 10 // self.iterations, 9) / 9
+        return start * (1 - (1 - self.exploration_end) * phase)
 
 
 # ---------------------------------------------------------------------- guidance fields
@@ -273,18 +279,19 @@ class Sampler(Checkpointable):
         self.training_config = config
         trainer = self.trainer
         forward, backward = path_controls(self.control)
-        exploration = config.exploration_for(self.default_exploration)
         self._set("detach_score", config.detach_score)
 
-        def key(iteration: int) -> tuple[int, float]:
+        def key(iteration: int) -> tuple[int, float, float]:
+            """What a captured step depends on: step count, clip and exploration at ``iteration``."""
             position = iteration - trainer.run["start"]
-            return config.steps_at(position, self.steps), config.clip_at(position)
+            return (config.steps_at(position, self.steps), config.clip_at(position),
+                    config.exploration_for(self.default_exploration, position))
 
         ledger = EvaluationLedger(self.training_evaluations)
 
         def step_loss(iteration: int) -> tuple[Tensor, dict[str, float]]:
             before = self.counted.count
-            steps, clip = key(iteration)
+            steps, clip, exploration = key(iteration)
             self._set("clip", clip)
             grid = time_grid(self.reference.T, steps)
             x0 = self.reference.sample_initial(config.batch_size, self.device)

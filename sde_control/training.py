@@ -51,6 +51,9 @@ class TrainConfig:
         accumulation: micro-batches per optimisation step (each of ``batch_size / accumulation``).
         cuda_graph: on a CUDA device, capture each step in a CUDA graph (:mod:`sde_control.cuda_graphs`).
         sync_every: with ``cuda_graph``, steps between reads and checks of the losses.
+        time_limit: stop the run once its training time (evaluations excluded) reaches this many seconds, after
+            a last evaluation and checkpoint as at its end (a budget; ``None``: no limit). The schedules keep their
+            length: a stopped run stops where it was in them.
     """
 
     iterations: int = 1000
@@ -66,8 +69,9 @@ class TrainConfig:
     accumulation: int = 1
     cuda_graph: bool = False
     sync_every: int = 25
+    time_limit: float | None = None
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "progress", "checkpoint_every", "sync_every")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "progress", "checkpoint_every", "sync_every", "time_limit")
     """Fields a resumed run may change (a longer run extends a finished one); any other difference is refused."""
 
     def __post_init__(self) -> None:
@@ -83,6 +87,8 @@ class TrainConfig:
                              f"{self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit}")
 
     def lr_block(self, run_iterations: int) -> int:
         """Iterations per step of the learning-rate decay in a run of ``run_iterations``: ``lr_every`` itself, or
@@ -177,12 +183,15 @@ class Trainer:
         bar = tqdm(total=config.iterations, initial=self.iteration - self.run["start"], desc=description,
                    disable=not config.progress)
         postfix: dict[str, float] = {}
+        out_of_time = config.time_limit is not None and elapsed >= config.time_limit
         try:
-            while self.iteration < end:
+            while self.iteration < end and not out_of_time:
                 started = time.perf_counter()
                 taken = stepper.step(self.iteration)
                 self.iteration += taken
-                done = self.iteration >= end
+                out_of_time = config.time_limit is not None and elapsed + time.perf_counter() - started >= \
+                    config.time_limit
+                done = self.iteration >= end or out_of_time
                 due_eval = evaluate is not None and (done or self.iteration % evaluate_every == 0)
                 due_checkpoint = checkpoint is not None and (done or self.iteration % config.checkpoint_every == 0)
                 due = not deferred or done or due_eval or due_checkpoint or self.iteration % config.sync_every == 0

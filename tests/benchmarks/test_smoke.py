@@ -28,7 +28,7 @@ def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
 
 def test_speed_smoke(tmp_path):
     text = run("speed.py", "--smoke", cwd=tmp_path)
-    for heading in ("Training-step time", "Peak memory of the KL loss", "Time to accuracy", "GPU path: CUDA graphs"):
+    for heading in ("Training-step time", "Peak memory of a training step", "Time to accuracy", "GPU path: CUDA graphs"):
         assert heading in text
 
 
@@ -55,3 +55,13 @@ def test_discretisation_bias_smoke(tmp_path):
 def test_timeseries_smoke(tmp_path):
     text = run("timeseries.py", "--smoke", cwd=tmp_path)
     assert "## macrodata" in text and "| Naive (last value" in text and "| VAR (statsmodels" in text
+
+
+def test_evaluations_smoke_resumes_and_notes_what_is_missing(tmp_path):
+    out = tmp_path / "cells"
+    first = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
+    assert "0 of 2 cells already done" in first and "| dis |" in first and "| cmcd |" in first
+    assert (out / "evaluations.png").stat().st_size > 0
+    assert "SMC" in first  # skipped with a note until sde_control.baselines exists, or run
+    second = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
+    assert "2 of 2 cells already done; running 0" in second

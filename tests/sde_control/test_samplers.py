@@ -390,6 +390,9 @@ def test_log_variance_explores_by_default_and_the_kl_loss_refuses_to():
     assert SamplerTraining(loss="lv").exploration_for(PIS.default_exploration) == PIS.default_exploration
     assert SamplerTraining(loss="kl").exploration_for(PIS.default_exploration) == 0.0
     assert SamplerTraining(loss="lv", exploration=0.0).exploration_for(PIS.default_exploration) == 0.0
+    decaying = SamplerTraining(iterations=100, loss="lv", exploration=2.0, exploration_end=0.25)
+    assert [decaying.exploration_for(0.0, i) for i in (0, 9, 10, 50, 89, 90, 99)] == pytest.approx(
+        [2.0, 2.0, 2.0 * (1 - 0.75 / 9), 2.0 * (1 - 0.75 * 5 / 9), 2.0 * (1 - 0.75 * 8 / 9), 0.5, 0.5])
     with pytest.raises(ValueError, match="exploration applies to the log-variance loss only"):
         sampler.fit(2, loss="kl", exploration=1.0, progress=False)
 
