@@ -197,14 +197,14 @@ class Sampler(Checkpointable):
         """The trained module: a forward control, or a module with ``forward_control`` and ``backward_control``."""
 
     def _score_informed(self, control: str | nn.Module, guidance: Field, scale: Callable[[Tensor], Tensor] | None,
-                        weight_bias: float, width: int, depth: int) -> nn.Module:
+                        weight_bias: float, width: int, depth: int, clip_mode: str) -> nn.Module:
         """The forward control: ``control="score"`` the score-informed network, ``"mlp"`` a plain one, or a module."""
         if isinstance(control, nn.Module):
             return control
         state_dim = self.reference.state_dim
         if control == "score":
             return ScoreInformedControl(self.target.dim, guidance, scale, weight_bias=weight_bias, width=width,
-                                        depth=depth, state_dim=state_dim)
+                                        depth=depth, state_dim=state_dim, clip_mode=clip_mode)
         if control == "mlp":
             return ControlMLP(self.target.dim, width, depth, in_dim=state_dim)
         raise ValueError(f"control must be 'score', 'mlp' or an nn.Module, got {control!r}")
@@ -450,8 +450,8 @@ class DIS(Sampler):
     def __init__(self, target: Target, *, steps: int = 200, beta_min: float = 0.1, beta_max: float = 10.0,
                  T: float | None = None, integrator: str = "ancestral", control: str | nn.Module = "score",
                  width: int = 64, depth: int = 4, underdamped: bool = False, friction: float = 1.0,
-                 splitting: str = "OBAB"):
-        self._options = dict(control=control, width=width, depth=depth)
+                 splitting: str = "OBAB", clip_mode: str = "elementwise"):
+        self._options = dict(control=control, width=width, depth=depth, clip_mode=clip_mode)
         self.underdamped = underdamped
         super().__init__(target, lambda dim: _diffusion_samplers_reference(
             dim, underdamped, beta_min, beta_max, T, integrator, friction, splitting), steps=steps)
@@ -487,8 +487,9 @@ class PIS(Sampler):
     (``sigma^2 = 0.2``, ``T = 5``); the control's guidance is the target score."""
 
     def __init__(self, target: Target, *, steps: int = 200, sigma2: float = 0.2, T: float = 5.0,
-                 control: str | nn.Module = "score", width: int = 64, depth: int = 4):
-        self._options = dict(control=control, width=width, depth=depth)
+                 control: str | nn.Module = "score", width: int = 64, depth: int = 4,
+                 clip_mode: str = "elementwise"):
+        self._options = dict(control=control, width=width, depth=depth, clip_mode=clip_mode)
         super().__init__(target, lambda dim: ForwardReference(ScaledBrownian(sigma2, T), dim, initial_std=0.0),
                          steps=steps)
 
@@ -515,8 +516,9 @@ class DDS(Sampler):
     adjoint_min_steps = 800
 
     def __init__(self, target: Target, *, steps: int = 200, beta_min: float = 0.1, beta_max: float = 10.0,
-                 T: float = 1.0, control: str | nn.Module = "score", width: int = 64, depth: int = 4):
-        self._options = dict(control=control, width=width, depth=depth)
+                 T: float = 1.0, control: str | nn.Module = "score", width: int = 64, depth: int = 4,
+                 clip_mode: str = "elementwise"):
+        self._options = dict(control=control, width=width, depth=depth, clip_mode=clip_mode)
         super().__init__(target, lambda dim: ForwardReference(VP(beta_min, beta_max, T).time_flipped(), dim,
                                                               initial_std=1.0), steps=steps)
 
@@ -542,13 +544,14 @@ class CMCD(Sampler):
     adjoint_method = None
 
     def __init__(self, target: Target, *, steps: int = 200, T: float = 1.0, prior_std: float = 1.0,
-                 control: str | nn.Module = "score", width: int = 64, depth: int = 4):
-        self._options = dict(control=control, width=width, depth=depth)
+                 control: str | nn.Module = "score", width: int = 64, depth: int = 4,
+                 clip_mode: str = "elementwise"):
+        self._options = dict(control=control, width=width, depth=depth, clip_mode=clip_mode)
         super().__init__(target, lambda dim: TimeReversalReference(ScaledBrownian(2.0, T), dim, prior_std=prior_std,
                                                                    integrator="euler"), steps=steps)
 
     def _networks(self) -> nn.Module:
-        control, width, depth = self._options["control"], self._options["width"], self._options["depth"]
+        control, width, depth, clip_mode = (self._options[k] for k in ("control", "width", "depth", "clip_mode"))
         if isinstance(control, nn.Module):
             return control
         if control not in ("score", "mlp"):
@@ -556,4 +559,5 @@ class CMCD(Sampler):
         guidance = interpolated_score(self.counted, self.reference)
         if control == "mlp":
             guidance = lambda x, s: torch.zeros_like(x)  # noqa: E731
-        return AnnealedLangevinControl(self.target.dim, guidance, sigma=math.sqrt(2.0), width=width, depth=depth)
+        return AnnealedLangevinControl(self.target.dim, guidance, sigma=math.sqrt(2.0), width=width, depth=depth,
+                                       clip_mode=clip_mode)

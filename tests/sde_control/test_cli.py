@@ -40,15 +40,17 @@ def test_other_groups_and_a_sweep(tmp_path):
     assert samplers == ["DDS", "PIS"]
 
 
-def test_the_new_samplers_with_both_losses(tmp_path):
-    """``sampler=bridge|cmcd|dis_ud|bridge_ud``, each with the log-variance loss (exploring by default) and one with
-    the KL loss and an explicit exploration setting refused."""
-    result = run_cli("-m", *TINY, "sampler=bridge,cmcd,dis_ud,bridge_ud", "loss=lv,kl",
+def test_the_new_samplers_from_their_configs(tmp_path):
+    """``sampler=bridge|cmcd|dis_ud|bridge_ud`` run from the command line, each with one of the losses (the other
+    is tested in tests/sde_control/test_samplers.py), the log-variance loss exploring with an explicit setting."""
+    result = run_cli("-m", *TINY, "sampler=bridge,cmcd,dis_ud,bridge_ud", "loss=lv", "train.exploration=1.5",
                      f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    runs = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/results.json")]
+    result = run_cli(*TINY, "sampler=cmcd", "loss=kl", f"hydra.run.dir={tmp_path / 'kl'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(p.read_text()) for p in (*(tmp_path / "sweep").glob("*/results.json"), tmp_path / "kl" / "results.json")]
     assert sorted((r["sampler"], r["loss"]) for r in runs) == sorted(
-        (name, loss) for name in ("Bridge", "CMCD", "DIS (underdamped)", "Bridge (underdamped)") for loss in ("lv", "kl"))
+        [("Bridge", "lv"), ("CMCD", "lv"), ("DIS (underdamped)", "lv"), ("Bridge (underdamped)", "lv"), ("CMCD", "kl")])
     assert all(r["evaluations"] > 0 for r in runs)
 
 
