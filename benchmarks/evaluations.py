@@ -55,16 +55,29 @@ BUDGETS: dict[str, dict[str, Any]] = {
 }
 DECADES = (10**5, 10**6, 10**7, 10**8, 10**9)
 FIGURE = Path(__file__).resolve().parent / "evaluations.png"
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA_FILES = {"lgcp": ("path", "pines.csv")}
+"""Targets whose config needs a data file: the config key and the file in ``../shared/data``."""
+
+
+def target_overrides(name: str) -> dict[str, str]:
+    """Config overrides that point a target at its data file (empty for targets without one)."""
+    if name not in DATA_FILES:
+        return {}
+    key, file = DATA_FILES[name]
+    return {key: str((SHARED_DATA / file).resolve())}
 
 
 def available_targets(names: list[str]) -> tuple[list[str], list[str]]:
     """The names whose config file exists, and notes for the others."""
     present, notes = [], []
     for name in names:
-        if (importlib.resources.files("sde_control.configs") / "target" / f"{name}.yaml").is_file():
-            present.append(name)
-        else:
+        if not (importlib.resources.files("sde_control.configs") / "target" / f"{name}.yaml").is_file():
             notes.append(f"`{name}`: no configs/target/{name}.yaml on this branch; skipped")
+        elif name in DATA_FILES and not (SHARED_DATA / DATA_FILES[name][1]).is_file():
+            notes.append(f"`{name}`: its data file {DATA_FILES[name][1]} is not in {SHARED_DATA.resolve()}; skipped")
+        else:
+            present.append(name)
     return present, notes
 
 
@@ -79,7 +92,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cell["seed"])
     started = time.perf_counter()
     try:
-        problem = target(cell["target"])
+        problem = target(cell["target"], **target_overrides(cell["target"]))
         if problem.log_Z is None:
             return {"error": "the target has no reference log Z"}
         points = smc_points(problem, budget) if cell["method"] == "smc" else sampler_points(problem, cell, budget)
