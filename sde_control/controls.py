@@ -1,4 +1,6 @@
-r"""Control networks ``u(x, s)`` (generation time ``s``), as in the PIS and DIS papers.
+r"""Control networks ``u(z, s)`` (generation time ``s``, state ``z``: a position, or position and velocity), as in
+the PIS and DIS papers, and the pairs of forward and backward controls of the Bridge (:class:`BridgeControls`) and
+CMCD (:class:`AnnealedLangevinControl`); :func:`path_controls` reads the pair off a sampler's networks.
 
 :class:`ScoreInformedControl` is
 

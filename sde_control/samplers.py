@@ -164,7 +164,12 @@ class Sampler(Checkpointable):
 
     Subclasses build their reference (for the target's dimension, once the target is validated) and their networks
     (:meth:`_networks`): the forward control, and for a Bridge or CMCD a backward one, in one trained module
-    (``self.control``). Every evaluation of the target goes through a counting view (:attr:`evaluations`).
+    (``self.control``). Every evaluation of the target goes through a counting view (``self.counted``; the training's
+    count is :attr:`training_evaluations`). The subclasses' common arguments: ``steps`` (of sampling, and of training
+    without a step schedule), ``control`` (``"score"``: the score-informed network; ``"mlp"``: a plain one; or an
+    ``nn.Module`` mapping ``(z, s)`` to a control of shape ``(batch, dim)``), ``width`` and ``depth`` of the built
+    networks, and ``clip_mode`` of their guidance (``"elementwise"`` or ``"norm"``,
+    :func:`~sde_control.controls.clip_field`).
     """
 
     adjoint_method: ClassVar[str | None] = "reversible_heun"
