@@ -240,3 +240,32 @@ def test_a_batch_entirely_outside_the_support_names_the_minus_infinity():
     with pytest.raises(TargetError, match=r"-inf at the end of all 64 paths"):
         log_variance_loss(target, reference, random_control(2), reference.sample_initial(64).double(),
                           time_grid(1.0, 5))
+
+
+def test_detach_score_removes_the_second_order_term_from_the_kl_gradient_only():
+    """The score guidance evaluated on detached states: the KL loss (gradient through the path) keeps its value but
+    loses the term through the score's derivative; the log-variance loss (no gradient through the path) is the same
+    with and without."""
+    from sde_control.controls import ScoreInformedControl
+
+    target = Gaussian(torch.tensor([1.0, -0.5], dtype=torch.float64), 0.3, log_Z=0.7)
+    reference = TimeReversalReference(VP(), 2)
+    control = ScoreInformedControl(2, lambda x, s: target.score(x), reference.diffusion, weight_bias=1.0, width=16,
+                                   depth=3).double()
+    torch.nn.init.normal_(control.network.body[-1][-1].weight, std=0.3)
+    grid = time_grid(1.0, 10)
+    x0 = reference.sample_initial(64).double()
+    results = {}
+    for loss in (kl_loss, log_variance_loss):
+        for detach in (False, True):
+            control.detach_score = detach
+            control.zero_grad()
+            torch.manual_seed(2)
+            out = loss(target, reference, control, x0, grid)
+            out.loss.backward()
+            results[loss.__name__, detach] = (float(out.loss.detach()), grads(control))
+    (kl_value, kl_grad), (kl_value_d, kl_grad_d) = results["kl_loss", False], results["kl_loss", True]
+    assert kl_value == pytest.approx(kl_value_d, rel=1e-12)
+    assert (kl_grad - kl_grad_d).norm() > 1e-3 * kl_grad.norm()
+    torch.testing.assert_close(results["log_variance_loss", False][1], results["log_variance_loss", True][1],
+                               rtol=1e-12, atol=1e-14)
