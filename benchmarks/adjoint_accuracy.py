@@ -1,7 +1,8 @@
 """Why DIS refuses ``fit(adjoint=True)`` and DDS uses the Euler adjoint: torchsde's adjoint solvers on their drifts.
 
-    python benchmarks/adjoint_accuracy.py           # about eight minutes on the CPU; writes section adjoint-accuracy
-    python benchmarks/adjoint_accuracy.py --smoke   # seconds; prints, writes nothing
+    python benchmarks/adjoint_accuracy.py              # about eight minutes on the CPU; writes both sections
+    python benchmarks/adjoint_accuracy.py --table dds  # the DDS table only (section adjoint-dds), about five minutes
+    python benchmarks/adjoint_accuracy.py --smoke      # seconds; prints, writes nothing
 
 Two tables.
 
@@ -108,12 +109,8 @@ def dds_near_optimal_rows(step_counts: list[int], paths: int, gradient_paths: in
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    step_counts, batch = ([8, 16], 32) if args.smoke else ([200, 800, 1600], 1000)
+def dis_pis_section(step_counts: list[int], batch: int) -> str:
+    """The first table: DIS and PIS on the GMM and the Funnel at an untrained control."""
     rows = []
     for sampler_cls in (DIS, PIS):
         for target in (named_target("gmm"), named_target("funnel")):
@@ -130,36 +127,57 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append([sampler_cls.__name__, type(target).__name__, str(steps), f"{discrete:.3f}", f"{heun:.3f}",
                              f"{error:.3g}"])
                 print(" | ".join(rows[-1]), flush=True)
-    dds_steps, dds_paths, dds_gradient_paths = ([8, 16], 64, 32) if args.smoke else ([100, 200, 400, 800, 1600], 4000,
-                                                                                       500)
-    dds_rows = dds_near_optimal_rows(dds_steps, dds_paths, dds_gradient_paths)
-    text = "\n".join([
+    return "\n".join([
         "## The adjoint on DIS's drift",
         "",
-        f"Command: `python benchmarks/adjoint_accuracy.py`. Untrained score-informed control (clip 10), {batch} "
-        f"initial points for the KL objectives, {batch // 4} for the gradients. A reversible-Heun objective far "
+        f"Command: `python benchmarks/adjoint_accuracy.py --table dis`. Untrained score-informed control (clip 10), "
+        f"{batch} initial points for the KL objectives, {batch // 4} for the gradients. A reversible-Heun objective far "
         f"from the backpropagated one means its forward solution is wrong; the last column is the Euler adjoint's "
         f"relative gradient error against backpropagation through the same solver and noise. This is why "
-        f"`DIS.fit(adjoint=True)` refuses while PIS and DDS use the reversible-Heun adjoint. Machine: {machine()}.",
+        f"`DIS.fit(adjoint=True)` refuses while PIS uses the reversible-Heun adjoint. Machine: {machine()}.",
         "",
         markdown_table(["sampler", "target", "steps", "KL, backprop (discrete)", "KL, reversible Heun",
                         "Euler adjoint gradient error"], rows),
+    ])
+
+
+def dds_section(step_counts: list[int], paths: int, gradient_paths: int) -> str:
+    """The second table: DDS at a near-optimal control."""
+    rows = dds_near_optimal_rows(step_counts, paths, gradient_paths)
+    return "\n".join([
+        "## DDS's adjoint at a near-optimal control",
         "",
-        "### DDS at a near-optimal control",
-        "",
-        f"2-d Gaussian N((1, -0.5), 0.3 I), log Z = 0.7; DDS's analytic optimal control plus a small random network; "
-        f"objectives from {dds_paths} paths (ELBOs: about log Z here), gradient errors of each adjoint against "
-        f"backpropagation through its own solver and noise from {dds_gradient_paths} paths. Reversible Heun's "
-        f"gradient is its solver's exactly, but its forward solution is wrong at coarse steps on DDS's contracting "
-        f"drift; Euler's forward solution converges, its adjoint's gradient error falls like the step. This is why "
-        f"`DDS.fit(adjoint=True)` uses the Euler adjoint (and warns below 800 steps).",
+        f"Command: `python benchmarks/adjoint_accuracy.py --table dds`. 2-d Gaussian N((1, -0.5), 0.3 I), log Z = 0.7; "
+        f"DDS's analytic optimal control plus a small random network; objectives from {paths} paths (ELBOs: about "
+        f"log Z here), gradient errors of each adjoint against backpropagation through its own solver and noise from "
+        f"{gradient_paths} paths. Reversible Heun's gradient is its solver's exactly, but its forward solution is "
+        f"wrong at coarse steps on DDS's contracting drift; Euler's forward solution converges, its adjoint's gradient "
+        f"error falls like the step. This is why `DDS.fit(adjoint=True)` uses the Euler adjoint (and warns below 800 "
+        f"steps). Machine: {machine()}.",
         "",
         markdown_table(["steps", "ELBO, discrete (± s.e.)", "continuous, reversible Heun", "continuous, Euler",
-                        "reversible-Heun adjoint gradient error", "Euler adjoint gradient error"], dds_rows),
+                        "reversible-Heun adjoint gradient error", "Euler adjoint gradient error"], rows),
     ])
-    print(text)
-    if not args.smoke:
-        write_section("adjoint-accuracy", text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--table", choices=("dis", "dds", "all"), default="all")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    sections = {
+        "adjoint-accuracy": lambda: dis_pis_section([8, 16], 32) if args.smoke else dis_pis_section([200, 800, 1600],
+                                                                                                    1000),
+        "adjoint-dds": lambda: dds_section([8, 16], 64, 32) if args.smoke else dds_section([100, 200, 400, 800, 1600],
+                                                                                           4000, 500),
+    }
+    for name, section in sections.items():
+        if args.table in ("all", "dis" if name == "adjoint-accuracy" else "dds"):
+            text = section()
+            print(text, flush=True)
+            if not args.smoke:
+                write_section(name, text)
 
 
 if __name__ == "__main__":

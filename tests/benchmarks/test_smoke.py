@@ -40,6 +40,7 @@ def test_gpu_accuracy_smoke_runs_without_a_gpu(tmp_path):
 def test_adjoint_accuracy_smoke(tmp_path):
     text = run("adjoint_accuracy.py", "--smoke", cwd=tmp_path)
     assert "| DIS | Funnel | 16 |" in text and "| PIS | GaussianMixture | 8 |" in text
+    assert "DDS's adjoint at a near-optimal control" in text and text.count("\n| 16 |") == 1
 
 
 def test_discretisation_bias_smoke(tmp_path):
