@@ -419,6 +419,10 @@ class UnderdampedReference(Reference):
     def splits_steps(self) -> bool:
         return True
 
+    def diffusion(self, s: Tensor) -> Tensor:
+        """``sigma = sqrt(2 gamma)``, the velocity's diffusion (constant)."""
+        return torch.full_like(torch.as_tensor(s, dtype=torch.float64), math.sqrt(2 * self.friction))
+
     def velocity(self, z: Tensor) -> Tensor:
         return z[..., self.dim:]
 

@@ -154,6 +154,17 @@ def interpolated_score(target: Target, reference: Reference) -> Field:
     return psi
 
 
+def annealing_force(target: Target, reference: Reference) -> Field:
+    """``psi(x, s) = (s / T)(grad log rho - grad log p_0)``: what turns Langevin dynamics for the prior into Langevin
+    dynamics for the annealed density ``p_0^(1 - s/T) rho^(s/T)`` (the underdamped samplers' guidance)."""
+
+    def psi(x: Tensor, s: Tensor) -> Tensor:
+        prior_score = -(x - like(reference.prior_mean, x)) / reference.prior_std**2
+        return (s / reference.T) * (target.score(x) - prior_score)
+
+    return psi
+
+
 def target_score(target: Target, reference: Reference) -> Field:
     """``psi(x, s) = grad log rho(x)`` (PIS, DDS)."""
     return lambda x, s: target.score(x)
@@ -179,9 +190,9 @@ class Sampler(Checkpointable):
     adjoint_min_steps: ClassVar[int] = 1
     """Fewer steps than this make ``fit(adjoint=True)`` warn: its gradient error is then large (:class:`DDS`)."""
 
-    default_exploration: ClassVar[float] = 0.0
-    """The log-variance loss's behaviour noise when ``fit`` is not told one (measured per sampler: see its
-    docstring)."""
+    default_exploration: ClassVar[float] = 1.0
+    """The log-variance loss's behaviour noise ``eta`` when ``fit`` is not told one, decaying to 0 over the run:
+    measured on the 9-mode GMM (``benchmarks/exploration.py``, table in ``benchmarks/RESULTS.md``)."""
 
     training_config_class = SamplerTraining
 
@@ -421,24 +432,28 @@ _UNDERDAMPED_T = 5.0
 
 
 def _diffusion_samplers_reference(dim: int, underdamped: bool, beta_min: float, beta_max: float, T: float | None,
-                                  integrator: str, friction: float, splitting: str) -> Reference:
-    """DIS's and the Bridge's reference: the reversal of VP from ``N(0, I)``, or Langevin dynamics for ``N(0, I)``."""
+                                  integrator: str, friction: float, splitting: str, prior_std: float) -> Reference:
+    """DIS's and the Bridge's reference: the reversal of VP from the prior ``N(0, prior_std^2 I)``, or Langevin
+    dynamics for it."""
     if underdamped:
-        return UnderdampedReference(dim, T=_UNDERDAMPED_T if T is None else T, friction=friction, splitting=splitting)
-    return TimeReversalReference(VP(beta_min, beta_max, 1.0 if T is None else T), dim, integrator=integrator)
+        return UnderdampedReference(dim, T=_UNDERDAMPED_T if T is None else T, friction=friction, splitting=splitting,
+                                    prior_std=prior_std)
+    return TimeReversalReference(VP(beta_min, beta_max, 1.0 if T is None else T), dim, integrator=integrator,
+                                 prior_std=prior_std)
 
 
 class DIS(Sampler):
     r"""Time-reversed diffusion sampler (Berner, Richter, Ullrich): the reference is the time
     reversal of a VP noising SDE (``beta`` from ``beta_min`` to ``beta_max`` over ``[0, T]``, ``T = 1`` by default)
-    started from ``N(0, I)``, stepped by ``integrator`` (:class:`~sde_control.references.TimeReversalReference`:
-    ``"ancestral"``, ``"euler"`` or ``"exponential"``); the control's guidance is ``sigma(s) lerp(-x, grad log
-    rho(x), s/T)``.
+    started from the prior ``p_0 = N(0, prior_std^2 I)``, stepped by ``integrator``
+    (:class:`~sde_control.references.TimeReversalReference`: ``"ancestral"``, ``"euler"`` or ``"exponential"``); the
+    control's guidance is ``sigma(s) lerp(grad log p_0, grad log rho(x), s/T)``.
 
-    ``underdamped=True``: the state is position and velocity, the reference Langevin dynamics for ``N(0, I)`` with
+    ``underdamped=True``: the state is position and velocity, the reference Langevin dynamics for ``p_0`` with
     ``friction`` over ``[0, T]`` (``T = 5`` by default), split by ``splitting`` (``"OBAB"`` or ``"BAOAB"``:
-    :class:`~sde_control.references.UnderdampedReference`); the control acts on the velocity, with the same
-    guidance under a learned weight that starts at 0.
+    :class:`~sde_control.references.UnderdampedReference`); the control acts on the velocity. Its guidance starts it
+    as Langevin dynamics for the annealed density ``p_0^(1 - s/T) rho^(s/T)`` (``sigma u = (s/T)(grad log rho -
+    grad log p_0)`` under a learned weight that starts at 1, the drift of Blessing et al.'s annealed samplers).
 
     ``fit(adjoint=True)`` is refused: the continuous adjoint does not give usable gradients on
     DIS's strongly contracting guided drift. Reversible Heun reconstructs the path exactly but its
@@ -455,18 +470,19 @@ class DIS(Sampler):
     def __init__(self, target: Target, *, steps: int = 200, beta_min: float = 0.1, beta_max: float = 10.0,
                  T: float | None = None, integrator: str = "ancestral", control: str | nn.Module = "score",
                  width: int = 64, depth: int = 4, underdamped: bool = False, friction: float = 1.0,
-                 splitting: str = "OBAB", clip_mode: str = "elementwise"):
+                 splitting: str = "OBAB", clip_mode: str = "elementwise", prior_std: float = 1.0):
         self._options = dict(control=control, width=width, depth=depth, clip_mode=clip_mode)
         self.underdamped = underdamped
         super().__init__(target, lambda dim: _diffusion_samplers_reference(
-            dim, underdamped, beta_min, beta_max, T, integrator, friction, splitting), steps=steps)
+            dim, underdamped, beta_min, beta_max, T, integrator, friction, splitting, prior_std), steps=steps)
 
     def _forward_control(self) -> nn.Module:
-        guidance = interpolated_score(self.counted, self.reference)
-        if self.underdamped:
-            return self._score_informed(guidance=guidance, scale=None, weight_bias=0.0, **self._options)
-        return self._score_informed(guidance=guidance, scale=self.reference.diffusion, weight_bias=1.0,
-                                    **self._options)
+        if self.underdamped:  # starts as underdamped Langevin for the annealed density: sigma u = psi
+            sigma = float(self.reference.diffusion(torch.zeros(())))
+            return self._score_informed(guidance=annealing_force(self.counted, self.reference),
+                                        scale=lambda s: torch.full_like(s, 1 / sigma), weight_bias=1.0, **self._options)
+        return self._score_informed(guidance=interpolated_score(self.counted, self.reference),
+                                    scale=self.reference.diffusion, weight_bias=1.0, **self._options)
 
     def _networks(self) -> nn.Module:
         return self._forward_control()
@@ -489,7 +505,13 @@ class Bridge(DIS):
 
 class PIS(Sampler):
     r"""Path integral sampler (Zhang & Chen): the reference is ``sigma W`` from the origin
-    (``sigma^2 = 0.2``, ``T = 5``); the control's guidance is the target score."""
+    (``sigma^2 = 0.2``, ``T = 5``); the control's guidance is the target score.
+
+    Its log-variance loss explores with ``eta = 2`` by default (the others: 1): started at a point with the
+    terminal law ``N(0, I)``, it needs the wider paths to find the GMM's outer modes (``benchmarks/exploration.py``).
+    """
+
+    default_exploration = 2.0
 
     def __init__(self, target: Target, *, steps: int = 200, sigma2: float = 0.2, T: float = 5.0,
                  control: str | nn.Module = "score", width: int = 64, depth: int = 4,

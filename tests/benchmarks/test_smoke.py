@@ -66,3 +66,8 @@ def test_evaluations_smoke_resumes_and_notes_what_is_missing(tmp_path):
     assert "SMC" in first  # skipped with a note until sde_control.baselines exists, or run
     second = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
     assert "2 of 2 cells already done; running 0" in second
+
+
+def test_exploration_smoke(tmp_path):
+    text = run("exploration.py", "--smoke", "--out", str(tmp_path / "cells"), "--jobs", "1", cwd=tmp_path)
+    assert "| pis | 0 |" in text and "| cmcd | 2 |" in text
