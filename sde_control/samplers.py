@@ -532,11 +532,11 @@ class DDS(Sampler):
 
     ``fit(adjoint=True)`` uses torchsde's Euler adjoint, and warns below 800 steps. Reversible Heun, PIS's
     adjoint, gives its own solver's gradient exactly, but on DDS's contracting drift its forward solution is wrong
-    at coarse steps: at a near-optimal control on the 2-d Gaussian (ELBO 0.727 / 0.705 / 0.698 at 100 / 200 / 800
-    steps) its continuous objective is -0.017 / 0.531 / 0.698, Euler's 0.630 / 0.691 / 0.707. The Euler adjoint's
-    gradient error against backpropagation through its solver falls like the step: 0.70 / 0.23 / 0.054 / 0.018 at
-    100 / 200 / 800 / 1600 steps. Measured by ``benchmarks/adjoint_accuracy.py`` (table in
-    ``benchmarks/RESULTS.md``).
+    at coarse steps: at a near-optimal control on the 2-d Gaussian (ELBO 0.687 / 0.688 / 0.691 / 0.694 at 100 / 200 /
+    400 / 800 steps) its continuous objective is 0.030 / 0.541 / 0.658 / 0.700, Euler's 0.630 / 0.690 / 0.693 /
+    0.708. The Euler adjoint's gradient error against backpropagation through its solver falls with the step: 0.45 /
+    0.20 / 0.10 / 0.031 / 0.028 at 100 / 200 / 400 / 800 / 1600 steps. Measured by
+    ``benchmarks/adjoint_accuracy.py --table dds`` (table in ``benchmarks/RESULTS.md``).
     """
 
     adjoint_method = "euler"
