@@ -65,12 +65,12 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         iterations = iterations[0] if problem.dim <= 10 else iterations[1]
     steps = budget["steps"]
     eval_steps = budget.get("eval_steps", steps)
-    sampler = SAMPLERS[cell["sampler"]](problem, steps=eval_steps).to(cell["device"])
+    sampler = SAMPLERS[cell["sampler"]](problem, steps=eval_steps, **cell.get("sampler_options", {})).to(cell["device"])
     checkpoint = Path(cell["out"]) / f"{cell['id']}.pt"
     history = sampler.fit(iterations, batch_size=budget["batch_size"], loss=cell["loss"],
                           step_schedule=steps if isinstance(steps, tuple) else None,
                           progress=False, checkpoint=checkpoint, checkpoint_every=max(iterations // 10, 1),
-                          cuda_graph=cell["cuda_graph"])
+                          cuda_graph=cell["cuda_graph"], **cell.get("fit_options", {}))
     started = time.perf_counter()
     est = sampler.estimate_log_z(budget["eval_samples"])
     samples = sampler.sample(budget["metric_samples"]).cpu()
@@ -129,6 +129,19 @@ def table(results: list[dict[str, Any]], budget: str) -> str:
     return "\n".join(lines)
 
 
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` as keyword arguments, the values read as YAML (``false``, ``0.5``, ``norm``)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"options are KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
@@ -141,13 +154,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cuda-graph", action="store_true", help="capture training steps in CUDA graphs (GPU)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<budget>")
     parser.add_argument("--no-results-md", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    parser.add_argument("--fit", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training option for every cell (e.g. detach_score=false, exploration=0); with --out")
+    parser.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a constructor option for every sampler (e.g. clip_mode=norm); with --out")
     args = parser.parse_args(argv)
 
     budget = BUDGETS[args.budget]
+    fit_options, sampler_options = _options(args.fit), _options(args.sampler_option)
+    if (fit_options or sampler_options) and (args.out is None or not args.no_results_md):
+        parser.error("--fit and --sampler-option change the cells: give them their own --out and --no-results-md")
     out = args.out or Path(__file__).resolve().parent / "results" / args.budget
     cells = [
         {"id": f"{t}-{s}-{loss}-{seed}", "budget": args.budget, "target": t, "sampler": s, "loss": loss,
-         "seed": seed, "out": str(out), "device": args.device, "cuda_graph": args.cuda_graph}
+         "seed": seed, "out": str(out), "device": args.device, "cuda_graph": args.cuda_graph,
+         "fit_options": fit_options, "sampler_options": sampler_options}
         for t in args.targets.split(",") for s in args.samplers.split(",") for loss in args.losses.split(",")
         for seed in range(args.seeds or budget["seeds"])
     ]
