@@ -1,5 +1,5 @@
-"""Reproduction table: PIS, DIS and DDS with the KL and log-variance losses on GMM, Funnel,
-double well (d=5) and many-well (d=50), over several seeds.
+"""Reproduction table: PIS, DIS, DDS, the Bridge, CMCD and the underdamped DIS and Bridge with the KL and
+log-variance losses on GMM, Funnel, double well (d=5) and many-well (d=50), over several seeds.
 
     python benchmarks/reproduce.py                      # the CPU budget (about 90 minutes on 2 cores)
     python benchmarks/reproduce.py --budget paper --jobs 1 --cuda-graph   # the papers' budget, on a GPU
@@ -30,10 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TARGET_NAMES, machine, markdown_table, mean_std, run_cells, target, write_section  # noqa: E402
 
-from sde_control import DDS, DIS, PIS  # noqa: E402
+from sde_control import CMCD, DDS, DIS, PIS, Bridge  # noqa: E402
 from sde_control.metrics import marginal_std_error, wasserstein2_squared  # noqa: E402
 
-SAMPLERS = {"pis": PIS, "dis": DIS, "dds": DDS}
+SAMPLERS = {"pis": PIS, "dis": DIS, "dds": DDS, "bridge": Bridge, "cmcd": CMCD,
+            "dis_ud": lambda problem, steps: DIS(problem, steps=steps, underdamped=True),
+            "bridge_ud": lambda problem, steps: Bridge(problem, steps=steps, underdamped=True)}
 
 BUDGETS: dict[str, dict[str, Any]] = {
     # Chosen so that the whole table (4 targets x 3 samplers x 2 losses x 5 seeds) finishes in
@@ -63,12 +65,12 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         iterations = iterations[0] if problem.dim <= 10 else iterations[1]
     steps = budget["steps"]
     eval_steps = budget.get("eval_steps", steps)
-    sampler = SAMPLERS[cell["sampler"]](problem, steps=eval_steps).to(cell["device"])
+    sampler = SAMPLERS[cell["sampler"]](problem, steps=eval_steps, **cell.get("sampler_options", {})).to(cell["device"])
     checkpoint = Path(cell["out"]) / f"{cell['id']}.pt"
     history = sampler.fit(iterations, batch_size=budget["batch_size"], loss=cell["loss"],
                           step_schedule=steps if isinstance(steps, tuple) else None,
                           progress=False, checkpoint=checkpoint, checkpoint_every=max(iterations // 10, 1),
-                          cuda_graph=cell["cuda_graph"])
+                          cuda_graph=cell["cuda_graph"], **cell.get("fit_options", {}))
     started = time.perf_counter()
     est = sampler.estimate_log_z(budget["eval_samples"])
     samples = sampler.sample(budget["metric_samples"]).cpu()
@@ -81,6 +83,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         "train_time_s": history[-1]["time"],
         "eval_time_s": time.perf_counter() - started,
         "iterations": iterations,
+        "sampler_name": sampler.name,
     }
 
 
@@ -103,7 +106,7 @@ def table(results: list[dict[str, Any]], budget: str) -> str:
         "",
     ]
     header = ["sampler", "loss", "IS log Z error", "ELBO error", "ESS", "EUBO - log Z", "W2²",
-              "marg. std error", "train time (s)"]
+              "marg. std error", "evaluations", "train time (s)"]
     for name in TARGET_NAMES:
         rows = []
         for sampler, loss in itertools.product(SAMPLERS, ("kl", "lv")):
@@ -111,10 +114,11 @@ def table(results: list[dict[str, Any]], budget: str) -> str:
             if not cell:
                 continue
             eubo_gap = [None if r["eubo"] is None else r["eubo"] - r["log_z_exact"] for r in cell]
-            rows.append([sampler.upper(), loss.upper(), mean_std(r["error"] for r in cell),
+            rows.append([cell[0].get("sampler_name", sampler.upper()), loss.upper(), mean_std(r["error"] for r in cell),
                          mean_std(r["elbo_error"] for r in cell), mean_std(r["ess"] for r in cell),
                          mean_std(eubo_gap), mean_std(r["w2_squared"] for r in cell),
-                         mean_std(r["marginal_std_error"] for r in cell), mean_std(r["train_time_s"] for r in cell)])
+                         mean_std(r["marginal_std_error"] for r in cell),
+                         mean_std(r.get("evaluations") for r in cell), mean_std(r["train_time_s"] for r in cell)])
         if rows:
             dis, flow = PUBLISHED[name]
             lines += [f"### {TARGET_NAMES[name]}", "",
@@ -125,11 +129,24 @@ def table(results: list[dict[str, Any]], budget: str) -> str:
     return "\n".join(lines)
 
 
+def _options(pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` as keyword arguments, the values read as YAML (``false``, ``0.5``, ``norm``)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"options are KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     parser.add_argument("--targets", default=",".join(TARGET_NAMES), help="config names of configs/target/")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"of {', '.join(SAMPLERS)}")
     parser.add_argument("--losses", default="kl,lv")
     parser.add_argument("--seeds", type=int, default=None, help="default: the budget's")
     parser.add_argument("--jobs", type=int, default=2, help="cells trained at the same time (one thread each)")
@@ -137,13 +154,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cuda-graph", action="store_true", help="capture training steps in CUDA graphs (GPU)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<budget>")
     parser.add_argument("--no-results-md", action="store_true", help="do not rewrite benchmarks/RESULTS.md")
+    parser.add_argument("--fit", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training option for every cell (e.g. detach_score=false, exploration=0); with --out")
+    parser.add_argument("--sampler-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a constructor option for every sampler (e.g. clip_mode=norm); with --out")
     args = parser.parse_args(argv)
 
     budget = BUDGETS[args.budget]
+    fit_options, sampler_options = _options(args.fit), _options(args.sampler_option)
+    if (fit_options or sampler_options) and (args.out is None or not args.no_results_md):
+        parser.error("--fit and --sampler-option change the cells: give them their own --out and --no-results-md")
     out = args.out or Path(__file__).resolve().parent / "results" / args.budget
     cells = [
         {"id": f"{t}-{s}-{loss}-{seed}", "budget": args.budget, "target": t, "sampler": s, "loss": loss,
-         "seed": seed, "out": str(out), "device": args.device, "cuda_graph": args.cuda_graph}
+         "seed": seed, "out": str(out), "device": args.device, "cuda_graph": args.cuda_graph,
+         "fit_options": fit_options, "sampler_options": sampler_options}
         for t in args.targets.split(",") for s in args.samplers.split(",") for loss in args.losses.split(",")
         for seed in range(args.seeds or budget["seeds"])
     ]

@@ -7,13 +7,13 @@
 Sections (each rewrites its own part of benchmarks/RESULTS.md):
 
 * ``step``: time of one training step of DIS on the 10-d Funnel (batch 2048, 200 steps,
-  log-variance loss, the papers' network: Fourier MLP, 4 layers of 64) for the library
-  (torchsde with the grid Brownian motion), a hand-written Euler-Maruyama loop computing the same
-  loss with the same network, torchsde with its default Brownian motion, and the KL loss with
-  plain backpropagation and with ``sdeint_adjoint``. Rounds alternate between the variants
-  and the median is reported, so machine noise hits all alike.
-* ``memory``: peak resident memory of one KL training step against the number of steps
-  (100 to 1600), backpropagation against the adjoint, each in a fresh subprocess.
+  log-variance loss, the papers' network: Fourier MLP, 4 layers of 64) for the library's chain
+  (one pass, and two passes with flat memory), a hand-written loop computing the same
+  loss with the same network, and the KL loss with plain backpropagation and with ``sdeint_adjoint``.
+  Rounds alternate between the variants and the median is reported, so machine noise hits all alike.
+* ``memory``: peak resident memory of one training step against the number of steps
+  (100 to 1600): the KL loss by backpropagation and through the adjoint, the log-variance loss in one pass and
+  in two passes (``lv_chunk``), each in a fresh subprocess.
 * ``graph``: on a CUDA device, training iterations per second with and without CUDA-graph
   capture (:mod:`sde_control.graphs`); on a machine without one it says so.
 * ``accuracy``: time-to-accuracy on GMM and Funnel at the settings of the measured reference
@@ -35,14 +35,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchsde
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, target, write_section  # noqa: E402
 
 from sde_control import DIS  # noqa: E402
 from sde_control.controls import on_grid  # noqa: E402
-from sde_control.integrate import DiscreteChain  # noqa: E402
 from sde_control.losses import kl_loss, log_variance_loss  # noqa: E402
 from sde_control.references import time_grid  # noqa: E402
 from sde_control.target import checked_log_prob  # noqa: E402
@@ -50,7 +48,7 @@ from sde_control.target import checked_log_prob  # noqa: E402
 
 # --------------------------------------------------------------------------- step time
 def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The log-variance loss of the library, written as a plain Euler-Maruyama loop."""
+    """The log-variance loss of the library (without exploration), written as a plain loop of the chain's steps."""
     ref, dim = sampler.reference, x0.shape[1]
     kernels = ref.forward_kernels(grid)
     A, B, V = kernels.scale.tolist(), kernels.control.tolist(), kernels.var.tolist()
@@ -66,18 +64,6 @@ def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> 
     return log_w.var()
 
 
-def default_brownian_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The library's chain through ``torchsde.sdeint`` with its default ``BrownianInterval``."""
-    dim = x0.shape[1]
-    chain = DiscreteChain(on_grid(sampler.control, grid.float()), sampler.reference.forward_kernels(grid), dim, True)
-    y0 = torch.cat([x0, x0.new_zeros(x0.shape[0], 2)], dim=1)
-    ts = torch.arange(grid.numel(), dtype=x0.dtype)
-    bm = torchsde.BrownianInterval(t0=0.0, t1=float(ts[-1]), size=x0.shape, dtype=x0.dtype)
-    ys = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)
-    log_w = checked_log_prob(sampler.target, ys[-1, :, :dim]) + sampler.reference.log_ratio(ys[..., :dim], grid)
-    return (log_w + ys[-1, :, dim] - ys[-1, :, dim + 1]).var()
-
-
 ADJOINT_NOTE = (" The adjoint rows measure cost on this configuration; `DIS.fit` itself refuses the adjoint (its "
                 "gradient is unusable on DIS's drift: see the adjoint table).")
 
@@ -88,10 +74,11 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
     sampler.control.clip = 10.0  # as at the start of training (the clip schedule of the DIS paper)
     grid = time_grid(1.0, steps)
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "library (torchsde, grid Brownian motion), LV": lambda x0: log_variance_loss(
+        "library chain, LV": lambda x0: log_variance_loss(
             sampler.target, sampler.reference, sampler.control, x0, grid).loss,
-        "hand-written Euler-Maruyama loop, LV": lambda x0: hand_written_lv_step(sampler, x0, grid),
-        "torchsde, default BrownianInterval, LV": lambda x0: default_brownian_lv_step(sampler, x0, grid),
+        "hand-written loop, LV": lambda x0: hand_written_lv_step(sampler, x0, grid),
+        "library chain, LV in two passes (chunks of 50 steps)": lambda x0: log_variance_loss(
+            sampler.target, sampler.reference, sampler.control, x0, grid, chunk=50).loss,
         "library, KL, backpropagation": lambda x0: kl_loss(
             sampler.target, sampler.reference, sampler.control, x0, grid).loss,
         "library, KL, sdeint_adjoint (euler)": lambda x0: kl_loss(
@@ -105,7 +92,7 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
             started = time.perf_counter()
             loss_fn(x0).backward()
             times[name].append(time.perf_counter() - started)
-    hand = statistics.median(times["hand-written Euler-Maruyama loop, LV"])
+    hand = statistics.median(times["hand-written loop, LV"])
     rows = [[name, f"{statistics.median(t):.3f}", f"{min(t):.3f}", f"{statistics.median(t) / hand:.2f}"]
             for name, t in times.items()]
     return "\n".join([
@@ -122,16 +109,25 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
 
 
 # --------------------------------------------------------------------------- memory
+MEMORY_MODES = {"KL, backprop": "backprop", "KL, adjoint": "adjoint", "LV, one pass": "lv",
+                "LV, two passes (chunks of 50 steps)": "lv-chunked"}
+
+
 def memory_child(mode: str, steps: int, batch: int) -> None:
-    """One KL training step; prints the peak resident memory in MiB."""
+    """One training step (forward and backward) of the loss ``mode``; prints the peak resident memory in MiB."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     sampler = DIS(target("funnel"), steps=steps, integrator="exponential")
     sampler.control.clip = 10.0
     grid = time_grid(1.0, steps)
     x0 = sampler.reference.sample_initial(batch)
-    kl_loss(sampler.target, sampler.reference, sampler.control, x0, grid, adjoint=mode == "adjoint",
-            adjoint_method="euler").loss.backward()
+    if mode.startswith("lv"):
+        loss = log_variance_loss(sampler.target, sampler.reference, sampler.control, x0, grid,
+                                 chunk=50 if mode == "lv-chunked" else None).loss
+    else:
+        loss = kl_loss(sampler.target, sampler.reference, sampler.control, x0, grid, adjoint=mode == "adjoint",
+                       adjoint_method="euler").loss
+    loss.backward()
     print(json.dumps({"peak_mib": peak_resident_mib()}))
 
 
@@ -146,22 +142,25 @@ def peak_resident_mib() -> float:
 
 
 def memory_section(step_counts: list[int], batch: int) -> str:
-    peaks: dict[str, list[float]] = {"backprop": [], "adjoint": []}
-    for mode in peaks:
+    peaks: dict[str, list[float]] = {name: [] for name in MEMORY_MODES}
+    for name, mode in MEMORY_MODES.items():
         for steps in step_counts:
             out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(steps), str(batch)],
                                  capture_output=True, text=True, check=True)
-            peaks[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
+            peaks[name].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
     rows = [[mode] + [f"{p:.0f}" for p in values] + [f"{100 * (values[-1] / values[0] - 1):+.0f} %"]
             for mode, values in peaks.items()]
     return "\n".join([
-        "## Peak memory of the KL loss",
+        "## Peak memory of a training step",
         "",
         f"Command: `python benchmarks/speed.py --section memory`. One training step (forward and backward) of "
         f"DIS (exponential integrator) on the 10-d Funnel, batch {batch}, in a fresh process per cell; peak "
-        f"resident set size in MiB (it includes about 300 MiB of Python and torch). Machine: {machine()}." + ADJOINT_NOTE,
+        f"resident set size in MiB (it includes about 300 MiB of Python and torch). \"Flat\" means under 10 % "
+        f"growth from the fewest to the most steps; the two-pass log-variance loss stores the states "
+        f"(batch x dim floats per step: 10 KiB here) and keeps one chunk's graph. Machine: {machine()}." + ADJOINT_NOTE,
         "",
-        markdown_table(["gradient"] + [f"{n} steps" for n in step_counts] + [f"growth {step_counts[0]} to {step_counts[-1]}"],
+        markdown_table(["loss, gradient"] + [f"{n} steps" for n in step_counts]
+                       + [f"growth {step_counts[0]} to {step_counts[-1]}"],
                        rows),
     ])
 

@@ -1,7 +1,7 @@
 """sde-control: sampling and generative modelling as stochastic optimal control.
 
-The sampler side: :class:`PIS`, :class:`DIS`, :class:`DDS` draw samples from an unnormalised
-density (a :class:`~sde_control.target.Target`) and estimate its log normalising constant.
+The sampler side: :class:`PIS`, :class:`DIS`, :class:`DDS`, :class:`Bridge`, :class:`CMCD` draw samples from an
+unnormalised density (a :class:`~sde_control.target.Target`) and estimate its log normalising constant.
 :mod:`sde_control.targets` holds the benchmark densities and :mod:`sde_control.generative` the
 generative diffusion models.
 """
@@ -19,9 +19,9 @@ if not (_Path(__file__).parent / "targets").is_dir() and (_root / "targets" / "_
     __path__.append(str(_root))
 
 from .estimators import LogZEstimate
-from .samplers import DDS, DIS, PIS, Sampler
+from .samplers import CMCD, DDS, DIS, PIS, Bridge, Sampler
 from .target import Target, TargetError
 from .training import TrainingDivergedError
 
-__all__ = ["DDS", "DIS", "PIS", "LogZEstimate", "Sampler", "Target", "TargetError", "TrainingDivergedError"]
+__all__ = ["Bridge", "CMCD", "DDS", "DIS", "PIS", "LogZEstimate", "Sampler", "Target", "TargetError", "TrainingDivergedError"]
 __version__ = "0.1.0"

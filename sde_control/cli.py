@@ -52,7 +52,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     estimate = sampler.estimate_log_z(cfg.evaluate.samples, steps=cfg.evaluate.steps)
     samples = sampler.sample(cfg.evaluate.metric_samples, steps=cfg.evaluate.steps).cpu()
     results: dict[str, Any] = {
-        "target": type(target).__name__, "sampler": type(sampler).__name__, "loss": train.loss,
+        "target": type(target).__name__, "sampler": sampler.name, "loss": train.loss,
         **estimate.as_dict(), "train_time_s": train_time, "iterations": sampler.trainer.iteration,
     }
     exact = target.sample(cfg.evaluate.metric_samples).cpu() if target.has_exact_samples else None

@@ -1,4 +1,6 @@
-r"""Control networks ``u(x, s)`` (generation time ``s``), as in the PIS and DIS papers.
+r"""Control networks ``u(z, s)`` (generation time ``s``, state ``z``: a position, or position and velocity), as in
+the PIS and DIS papers, and the pairs of forward and backward controls of the Bridge (:class:`BridgeControls`) and
+CMCD (:class:`AnnealedLangevinControl`); :func:`path_controls` reads the pair off a sampler's networks.
 
 :class:`ScoreInformedControl` is
 
@@ -84,16 +86,17 @@ class TimeNetwork(nn.Module):
 
 
 class ControlMLP(Specified, nn.Module):
-    """Fourier-feature MLP ``NN(x, s)``: ``depth`` layers of ``width`` GELU units, last layer zero."""
+    """Fourier-feature MLP ``NN(z, s)``: ``depth`` layers of ``width`` GELU units, last layer zero; inputs of
+    ``in_dim`` (default ``dim``: a position; ``2 dim`` for position and velocity), outputs of ``dim``."""
 
-    def __init__(self, dim: int, width: int = 64, depth: int = 4, clip: float = 1e4):
+    def __init__(self, dim: int, width: int = 64, depth: int = 4, clip: float = 1e4, in_dim: int | None = None):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be at least 2, got {depth}")
-        self.dim = dim
+        self.dim, self.in_dim = dim, in_dim or dim
         self.register_buffer("clip_value", torch.tensor(float(clip)))  # saved with the weights
         self._clip = float(clip)  # read without touching the (maybe device) buffer
-        self.input = nn.Linear(dim, width)
+        self.input = nn.Linear(self.in_dim, width)
         self.time = TimeNetwork(width, width, depth=2)
         self.body = nn.Sequential(nn.GELU(), _mlp([width] * (depth - 1) + [dim], nn.GELU))
         _init_last(self.body[-1][-1], 0.0)
@@ -121,21 +124,39 @@ class ControlMLP(Specified, nn.Module):
         return lambda x, k: self._evaluate(x, features[k], c)
 
     def _evaluate(self, x: Tensor, features: Tensor, c: float) -> Tensor:  # not `_apply`: nn.Module uses that name
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"control expects states of dimension {self.dim}, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"control expects states of dimension {self.in_dim}, got shape {tuple(x.shape)}")
         return self.body(self.input(x) + features).clamp(-c, c)
 
 
+def clip_field(value: Tensor, c: float, mode: str) -> Tensor:
+    """``clip_c``: each entry to ``[-c, c]`` (``"elementwise"``), or the vector's norm to ``c sqrt(d)``
+    (``"norm"``: the direction kept; the same ``c`` bounds the root-mean-square entry)."""
+    if mode == "elementwise":
+        return value.clamp(-c, c)
+    bound = c * value.shape[-1] ** 0.5
+    return value * (bound / value.norm(dim=-1, keepdim=True).clamp_min(bound))
+
+
+CLIP_MODES = ("elementwise", "norm")
+
+
 class ScoreInformedControl(nn.Module):
-    """``clip(NN_1(x, s)) + lambda(s) clip(NN_2(s)) clip(psi(x, s))`` (module docstring).
+    """``clip(NN_1(z, s)) + lambda(s) clip(NN_2(s)) clip(psi(x, s))`` (module docstring), ``x`` the position part of
+    the state ``z``.
 
     Args:
-        dim: state dimension.
+        dim: position dimension ``d`` (of the control's output and the guidance).
         guidance: ``psi(x, s)``, e.g. the target score.
         scale: ``lambda(s)``; ``None`` means 1.
         weight_bias: initial value of ``NN_2`` (DIS 1, PIS/DDS 0.01).
         width, depth: of both networks.
         clip: ``c``.
+        state_dim: dimension of the state ``z`` (default ``dim``; ``2 dim`` with a velocity).
+        clip_mode: ``"elementwise"`` or ``"norm"`` (:func:`clip_field`), for the guidance.
+
+    ``detach_score`` (an attribute training sets) evaluates the guidance at ``x.detach()``: a loss that
+    differentiates through the path then sees the guidance as a given field, without its second-order term.
     """
 
     def __init__(
@@ -147,11 +168,17 @@ class ScoreInformedControl(nn.Module):
         width: int = 64,
         depth: int = 4,
         clip: float = 1e4,
+        state_dim: int | None = None,
+        clip_mode: str = "elementwise",
     ):
         super().__init__()
-        self.network = ControlMLP(dim, width, depth, clip)
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+        self.dim = dim
+        self.network = ControlMLP(dim, width, depth, clip, in_dim=state_dim)
         self.weight = TimeNetwork(1, width, depth, last_bias=weight_bias)
-        self.guidance, self.scale = guidance, scale
+        self.guidance, self.scale, self.clip_mode = guidance, scale, clip_mode
+        self.detach_score = False
 
     @property
     def clip(self) -> float:
@@ -164,11 +191,115 @@ class ScoreInformedControl(nn.Module):
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         return self.on_grid(torch.as_tensor(s).reshape(1))(x, 0)
 
+    def guidance_on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
+        """``(z, k) -> clip(psi(x, times[k]))``."""
+        c, mode, detach = self.clip, self.clip_mode, self.detach_score
+
+        def guidance(z: Tensor, k: int) -> Tensor:
+            x = z[..., : self.dim]
+            return clip_field(self.guidance(x.detach() if detach else x, times[k]), c, mode)
+
+        return guidance
+
     def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
-        """``(x, k) -> u(x, times[k])``; the time networks run once on all grid times."""
+        """``(z, k) -> u(z, times[k])``; the time networks run once on all grid times."""
         c = self.clip
         network = self.network.on_grid(times)
+        guidance = self.guidance_on_grid(times)
         weight = self.weight(times).clamp(-c, c)
         if self.scale is not None:
             weight = self.scale(times).to(weight).reshape(-1, 1) * weight
-        return lambda x, k: network(x, k) + weight[k] * self.guidance(x, times[k]).clamp(-c, c)
+        return lambda z, k: network(z, k) + weight[k] * guidance(z, k)
+
+
+class BridgeControls(nn.Module):
+    """The forward and backward controls of a sampler that learns both (the Bridge): two networks trained together.
+
+    ``forward_control`` is a :class:`ScoreInformedControl`, ``backward_control`` any control (the Bridge: a plain
+    :class:`ControlMLP`, zero at the start, so that training starts from the reference's own backward kernels).
+    """
+
+    def __init__(self, forward_control: nn.Module, backward_control: nn.Module):
+        super().__init__()
+        self.forward_control, self.backward_control = forward_control, backward_control
+
+    @property
+    def clip(self) -> float:
+        return self.forward_control.clip
+
+    @clip.setter
+    def clip(self, value: float) -> None:
+        for control in (self.forward_control, self.backward_control):
+            control.clip = value
+
+    @property
+    def detach_score(self) -> bool:
+        return self.forward_control.detach_score
+
+    @detach_score.setter
+    def detach_score(self, value: bool) -> None:
+        self.forward_control.detach_score = value
+
+
+class _SignedView:
+    """One of the two controls of :class:`AnnealedLangevinControl`: ``(a(x, s) + sign NN(z, s)) / sigma``."""
+
+    def __init__(self, owner: AnnealedLangevinControl, sign: float):
+        self.owner, self.sign = owner, sign
+
+    def __call__(self, z: Tensor, s: Tensor) -> Tensor:
+        return self.on_grid(torch.as_tensor(s).reshape(1))(z, 0)
+
+    def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
+        owner, sign = self.owner, self.sign
+        network, guidance = owner.network.on_grid(times), owner.guidance_on_grid(times)
+        return lambda z, k: (guidance(z, k) + sign * network(z, k)) / owner.sigma
+
+
+class AnnealedLangevinControl(nn.Module):
+    r"""CMCD's pair of controls from one network (Vargas et al. 2024, "Transport meets variational inference:
+    controlled Monte Carlo diffusions"): on a Brownian reference of diffusion ``sigma``,
+
+    .. math::  u(x, s) = \big(a(x, s) + \mathrm{NN}(x, s)\big) / \sigma, \qquad
+               w(x, s) = \big(a(x, s) - \mathrm{NN}(x, s)\big) / \sigma,
+
+    where ``a = clip(grad log pi_s)`` is the score of the annealed density ``pi_s`` (the guidance, e.g.
+    ``lerp(grad log p_0, grad log rho, s / T)``): with ``NN = 0`` the forward and backward kernels are both
+    unadjusted Langevin steps for ``pi_s``, and ``NN`` is the learned drift correction that transports ``pi_0`` to
+    ``pi_T``. ``NN`` starts at zero.
+    """
+
+    def __init__(self, dim: int, guidance: Field, sigma: float, width: int = 64, depth: int = 4, clip: float = 1e4,
+                 clip_mode: str = "elementwise"):
+        super().__init__()
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+        self.dim, self.sigma, self.guidance, self.clip_mode = dim, float(sigma), guidance, clip_mode
+        self.network = ControlMLP(dim, width, depth, clip)
+        self.detach_score = False
+
+    @property
+    def clip(self) -> float:
+        return self.network.clip
+
+    @clip.setter
+    def clip(self, value: float) -> None:
+        self.network.clip = value
+
+    guidance_on_grid = ScoreInformedControl.guidance_on_grid
+
+    @property
+    def forward_control(self) -> _SignedView:
+        return _SignedView(self, 1.0)
+
+    @property
+    def backward_control(self) -> _SignedView:
+        return _SignedView(self, -1.0)
+
+
+def path_controls(module: nn.Module) -> tuple[Control, Control | None]:
+    """The forward and backward controls of a sampler's networks: those of a module that has both
+    (:class:`BridgeControls`, :class:`AnnealedLangevinControl`), else the module itself and no backward control."""
+    if hasattr(module, "backward_control"):
+        return module.forward_control, module.backward_control
+    return module, None

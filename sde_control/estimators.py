@@ -9,7 +9,7 @@ r"""Estimators of ``log Z`` from log importance weights ``l_i = log w_i`` of ``n
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor
@@ -55,6 +55,10 @@ class LogZEstimate:
             eubo=None if target_log_weights is None else float(target_log_weights.double().mean()),
             log_z_exact=log_z_exact,
         )
+
+    def with_evaluations(self, evaluations: int) -> LogZEstimate:
+        """A copy that carries its count of target evaluations."""
+        return replace(self, evaluations=int(evaluations))
 
     @property
     def error(self) -> float | None:

@@ -1,13 +1,12 @@
-r"""Integration of controlled SDEs through ``torchsde``: every call into ``torchsde`` is here.
+r"""Simulation of the samplers' chains and of controlled SDEs: every call into ``torchsde`` is here.
 
 Three entry points:
 
-* :func:`simulate_chain`: the discretised chain of :mod:`sde_control.references`,
-  ``X_{k+1} = A_k X_k + B_k \bar u_k + sqrt(v_k) xi_k``, run by ``torchsde.sdeint`` (Ito Euler) in
-  step-index time with :class:`~sde_control.brownian.GridBrownian`, so that the step is the
-  exact Gaussian transition whose density the weights use. The running costs ``C`` and ``M`` of the weight
-  (:func:`sde_control.weights.running_costs`) are two extra state columns, so that
-  ``sum_k log q_0/q_u (X_{k+1}|X_k) = C - M`` exactly. Backpropagation goes through the whole path.
+* :func:`simulate_chain`: the discretised chain of :mod:`sde_control.references` (Gaussian sub-steps
+  ``y' = A_k y + B_k \bar u_k + sqrt(v_k) xi_k`` between deterministic maps), stepped by a plain loop with the
+  noise of :class:`~sde_control.brownian.GridBrownian` (regenerated per step from a seed), accumulating the path
+  term and the running costs ``C``, ``M``, ``D`` of the weight (:mod:`sde_control.weights`) on the way.
+  Backpropagation goes through the whole path unless it is detached.
 
 * :func:`simulate_continuous`: the continuous SDE ``dX = (m X + sigma u) ds + sigma dW`` with the
   energy ``1/2 int |u|^2 ds`` as an extra state (zero diffusion, so the noise stays additive),
@@ -29,49 +28,12 @@ from torch import Tensor, nn
 from .brownian import GridBrownian
 from .controls import Control, on_grid
 from .device import like
-from .references import ForwardKernels, Reference
-from .weights import Trajectory, running_costs
+from .references import Reference, log_normal
+from .weights import Trajectory, backward_costs, kernel_log_ratio, running_costs
 
 
 def _new_seed() -> int:
     return int(torch.randint(0, 2**62, ()).item())
-
-
-class DiscreteChain(nn.Module):
-    """The chain ``X' = A X + B u + sqrt(v) xi`` with its running costs ``C`` and ``M`` as two extra state columns,
-    as an Ito SDE in step-index time (dt = 1) for ``torchsde.sdeint`` with any Brownian motion of shape
-    (batch, dim). It records the states as the solver steps (the solver need only output the end point).
-
-    ``detach_drift=True`` drives the path with ``u.detach()`` while the running costs keep the gradient of ``u``.
-    """
-
-    noise_type = "general"
-    sde_type = "ito"
-
-    def __init__(self, control: Callable[[Tensor, int], Tensor], kernels: ForwardKernels, dim: int,
-                 detach_drift: bool):
-        super().__init__()
-        self.control, self.dim, self.detach_drift = control, dim, detach_drift
-        # Python floats: arithmetic with them is cheaper than with 0-dim tensors in the step loop.
-        A, B, v = kernels.scale.tolist(), kernels.control.tolist(), kernels.var.tolist()
-        self.coefficients = [(a - 1, b, v**0.5, b**2 / (2 * v), b / v**0.5) for a, b, v in zip(A, B, v)]
-        self.states: list[Tensor | None] = [None] * len(A)
-
-    def f_and_g_prod(self, tau: Tensor, y: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
-        k = round(float(tau))
-        a1, b, std, c_control, c_noise = self.coefficients[k]
-        x = y[:, : self.dim]
-        if self.detach_drift:
-            x = x.detach()  # the path carries no gradient: only the running costs do
-        self.states[k] = x
-        u = self.control(x, k)
-        u_drive = u.detach() if self.detach_drift else u
-        control_cost, noise_cost = running_costs(u, xi, c_control, c_noise,
-                                                 behaviour=u_drive if self.detach_drift else None)
-        zero = torch.zeros_like(control_cost[:, None])
-        drift = torch.cat([torch.add(a1 * x, u_drive, alpha=b), control_cost[:, None], zero], dim=1)
-        noise = torch.cat([std * xi, zero, noise_cost[:, None]], dim=1)
-        return drift, noise
 
 
 def simulate_chain(
@@ -80,31 +42,113 @@ def simulate_chain(
     x0: Tensor,
     grid: Tensor,
     *,
+    backward: Control | None = None,
+    exploration: float = 0.0,
     seed: int | None = None,
     detach_drift: bool = False,
     stream_noise: bool = False,
+    keep_states: bool = True,
 ) -> Trajectory:
-    """Simulate the controlled chain from ``x0`` (batch, dim) on ``grid`` (N+1,, on the CPU).
+    r"""Simulate the controlled chain of ``reference`` from ``x0`` (batch, state_dim) on ``grid`` (N+1,, on the CPU).
 
-    ``detach_drift=True`` drives the path with ``u.detach()`` while the running costs keep the
-    gradient of ``u`` (the log-variance loss). ``seed`` fixes the Brownian increments;
-    ``stream_noise=True`` draws them from torch's default generator instead (CUDA-graph capture).
+    Each step is ``z~ = before_noise(z)``, ``y' = A y + B \bar u + sqrt(v) xi`` on the noise block ``y`` of
+    ``z~``, ``z' = after_noise(z~')`` (:mod:`sde_control.references`), with ``u = control(z~, s_k)``; the path term
+    and the running costs ``C``, ``M`` and (with a ``backward`` control, evaluated at ``(z~', s_{k+1})``) ``D`` of
+    the weight are accumulated on the way (:mod:`sde_control.weights`).
+
+    Args:
+        control, backward: the forward and (optional) backward controls, callables ``(z, s) -> (batch, dim)`` or
+            networks with ``on_grid``.
+        exploration: ``eta >= 0``; the path is driven by the behaviour control ``\bar u_k = u_k.detach() + eta
+            sqrt(v_k) / B_k zeta_k`` with fresh standard normal ``zeta_k`` (sde_sampler's ``sde_ctrl_noise``, scaled so
+            that the step's noise is ``sqrt(v_k) (xi_k + eta zeta_k)``: the reference's noise widened by
+            ``sqrt(1 + eta^2)`` whatever the step count), while the costs score ``u``. Needs ``detach_drift``.
+        seed: fixes the noise (``None``: a fresh seed); ``stream_noise=True`` draws it from torch's default generator
+            instead (CUDA-graph capture).
+        detach_drift: drive the path with ``u.detach()``: no gradient flows through the path, only through the
+            running costs (the log-variance loss).
+        keep_states: keep the states (``Trajectory.states``, and for split steps ``pre_noise``/``post_noise``);
+            ``False`` keeps only what the weight needs (memory independent of N).
+
+    The chain is stepped by a plain loop: it is a Markov chain of exact Gaussian kernels, and scoring a backward
+    control at the next state, splitting steps and recording sub-step states do not fit ``torchsde``'s one-drift-
+    per-step interface (which integrates the continuous SDEs below).
     """
-    batch, dim = x0.shape
-    chain = DiscreteChain(on_grid(control, like(grid, x0)), reference.forward_kernels(grid), dim, detach_drift)
+    if exploration < 0:
+        raise ValueError(f"exploration must be non-negative, got {exploration}")
+    if exploration and not detach_drift:
+        raise ValueError("exploration drives the path with a perturbed detached control: it needs detach_drift=True "
+                         "(the log-variance loss); the KL loss differentiates through its own on-policy paths")
+    batch = x0.shape[0]
+    if x0.ndim != 2 or x0.shape[1] != reference.state_dim:
+        raise ValueError(f"initial states must have shape (batch, {reference.state_dim}), got {tuple(x0.shape)}")
+    times = like(grid, x0)
+    control_at = on_grid(control, times)
+    backward_at = None if backward is None else on_grid(backward, times)
+    forward, back = reference.forward_kernels(grid), reference.backward_kernels(grid)
+    # Python floats: arithmetic with them is cheaper than with 0-dim tensors in the step loop, and needs no device.
+    A, B, v = forward.scale.tolist(), forward.control.tolist(), forward.var.tolist()
+    b, beta, c = back.scale.tolist(), back.control.tolist(), back.var.tolist()
+    h = grid.diff().tolist()
+    telescoped = reference.telescopes(grid)
+    noise_shape = (batch, reference.noise_block(x0).shape[1])
     seed = None if stream_noise else _new_seed() if seed is None else seed
-    bm = GridBrownian((batch, dim), seed=seed, dtype=x0.dtype, device=x0.device)
-    y0 = torch.cat([x0, x0.new_zeros(batch, 2)], dim=1)
-    # Output only the end point: interpolating and stacking the whole augmented path would put
-    # every step's state into the backward pass; the chain records the states instead.
-    ts = torch.tensor([0.0, grid.numel() - 1.0], dtype=x0.dtype)  # index time, on the CPU: no device sync per step
-    y_T = torchsde.sdeint(chain, y0, ts, bm=bm, method="euler", dt=1.0)[-1]
-    x_T = y_T[:, :dim].detach() if detach_drift else y_T[:, :dim]
-    states = torch.stack([*chain.states, x_T])
-    # torchsde keeps the chain in reference cycles: drop what holds autograd graphs, so they are
-    # freed with the loss rather than by the garbage collector (CUDA-graph capture needs that).
-    chain.control, chain.states = None, []
-    return Trajectory(states=states, grid=grid, control_cost=y_T[:, dim], noise_cost=y_T[:, dim + 1])
+    noise = GridBrownian(noise_shape, seed=seed, dtype=x0.dtype, device=x0.device)
+    explore = None if not exploration else GridBrownian(
+        noise_shape, seed=None if seed is None else hash((seed, -1)) & 0x7FFF_FFFF_FFFF_FFFF,
+        dtype=x0.dtype, device=x0.device)
+
+    z = x0.detach() if detach_drift else x0
+    zero = x0.new_zeros(batch)
+    path, control_cost, noise_cost, backward_cost = zero, zero, zero, zero
+    behaviour = zero if explore is not None else None
+    states, pre_noise, post_noise = ([z], [], []) if keep_states else (None, None, None)
+    for k in range(len(A)):
+        pre = reference.before_noise(z, k, h[k])
+        y = reference.noise_block(pre)
+        u = control_at(pre, k)
+        xi = noise.increment(k)
+        std, c_control, c_noise = v[k] ** 0.5, B[k] ** 2 / (2 * v[k]), B[k] / v[k] ** 0.5
+        if detach_drift:
+            drive = u.detach()
+            if explore is not None:
+                drive = drive + (exploration * std / B[k]) * explore.increment(k)
+            step_control, step_noise = running_costs(u, xi, c_control, c_noise, behaviour=drive)
+        else:
+            drive = u
+            step_control, step_noise = running_costs(u, xi, c_control, c_noise)
+        y_next = torch.add(A[k] * y, drive, alpha=B[k]) + std * xi
+        post = reference.with_noise_block(pre, y_next)
+        control_cost, noise_cost = control_cost + step_control, noise_cost + step_noise
+        if backward_at is not None:
+            w = backward_at(post, k + 1)
+            backward_cost = backward_cost + backward_costs(w, y, y_next, b[k], beta[k], c[k])
+        if not telescoped:
+            path = path + kernel_log_ratio(y, y_next, A[k], v[k], b[k], c[k])
+        if behaviour is not None:  # the drawing kernel N(A y + B u, (1 + eta^2) v I), with the noise xi + eta zeta
+            widened = (1 + exploration**2) * v[k]
+            increment = y_next - A[k] * y
+            behaviour = behaviour + log_normal(increment, 0.0, v[k]) - log_normal(increment - B[k] * u.detach(), 0.0,
+                                                                                   widened)
+        z = reference.after_noise(post, k, h[k])
+        if keep_states:
+            states.append(z)
+            if reference.splits_steps:
+                pre_noise.append(pre)
+                post_noise.append(post)
+    if telescoped:
+        path = reference.telescoped_log_ratio(x0, z, grid)
+    else:
+        path = path - reference.log_initial(x0) + reference.log_terminal_auxiliary(z)
+    trajectory = Trajectory(initial=x0, terminal=z, grid=grid, path_term=path, control_cost=control_cost,
+                            noise_cost=noise_cost, backward_cost=backward_cost, behaviour_log_ratio=behaviour)
+    if keep_states:
+        trajectory.states = torch.stack(states)
+        if reference.splits_steps:
+            trajectory.pre_noise, trajectory.post_noise = torch.stack(pre_noise), torch.stack(post_noise)
+        else:
+            trajectory.pre_noise, trajectory.post_noise = trajectory.states[:-1], trajectory.states[1:]
+    return trajectory
 
 
 class _GenericSDE(nn.Module):

@@ -67,26 +67,77 @@ class Target(Specified, nn.Module):
         return f"dim={self.dim}, log_Z={log_z}"
 
 
+class CountingTarget(Target):
+    """A view of ``target`` that counts its evaluations: one evaluation is one point at which the log density or its
+    gradient is computed (a batch call counts its rows; a score computed through autograd counts once, though it
+    evaluates the log density too).
+
+    A score asked for again at the same points (the same tensor storage, unchanged, without autograd history)
+    is served from a one-entry cache and not counted again: a chain that scores its state at the end of one step
+    and at the start of the next (CMCD's backward and forward kernels) evaluates it once.
+    """
+
+    def __init__(self, target: Target):
+        super().__init__()
+        self.wrapped = target
+        self.count = 0
+        self._cached: tuple[tuple, Tensor, Tensor] | None = None
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        return self.wrapped.dim
+
+    @property
+    def log_Z(self) -> float | None:  # type: ignore[override]
+        return self.wrapped.log_Z
+
+    @property
+    def has_exact_samples(self) -> bool:
+        return self.wrapped.has_exact_samples
+
+    def sample(self, n: int) -> Tensor:
+        return self.wrapped.sample(n)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        self.count += x.shape[0]
+        return self.wrapped.log_prob(x)
+
+    def score(self, x: Tensor) -> Tensor:
+        key = (x.data_ptr(), x.shape, x.stride(), x.device, x._version) if not x.requires_grad else None
+        if key is not None and self._cached is not None and self._cached[0] == key:
+            return self._cached[2]
+        self.count += x.shape[0]
+        out = self.wrapped.score(x)
+        self._cached = None if key is None else (key, x, out)  # holding x keeps its storage from being reused
+        return out
+
+
+def target_name(target: Target) -> str:
+    """The class name of a target (of the wrapped one for a :class:`CountingTarget`), for messages."""
+    return type(getattr(target, "wrapped", target)).__name__
+
+
 def checked_log_prob(target: Target, x: Tensor) -> Tensor:
     """``target.log_prob(x)`` with its output validated: shape (batch,), no NaN, no +inf.
 
     ``-inf`` (zero density) is allowed. Raises :class:`TargetError` naming the target and an
     offending input, so a broken density fails loudly instead of poisoning a training run.
     """
+    name = target_name(target)
     if x.ndim != 2 or x.shape[1] != target.dim:
-        raise TargetError(f"{type(target).__name__} expects inputs of shape (batch, {target.dim}), got {tuple(x.shape)}")
+        raise TargetError(f"{name} expects inputs of shape (batch, {target.dim}), got {tuple(x.shape)}")
     out = target.log_prob(x)
     if not isinstance(out, Tensor) or out.shape != (x.shape[0],):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise TargetError(
-            f"{type(target).__name__}.log_prob must return shape (batch,) = ({x.shape[0]},) "
+            f"{name}.log_prob must return shape (batch,) = ({x.shape[0]},) "
             f"for inputs of shape {tuple(x.shape)}, got {shape}"
         )
     bad = torch.isnan(out) | (out == math.inf)
     if bad.any():
         i = int(bad.nonzero()[0, 0])
         raise TargetError(
-            f"{type(target).__name__}.log_prob returned {out[i].item()} for {int(bad.sum())} of {x.shape[0]} inputs, "
+            f"{name}.log_prob returned {out[i].item()} for {int(bad.sum())} of {x.shape[0]} inputs, "
             f"e.g. at x = {x[i].detach().cpu().tolist()}"
         )
     return out

@@ -50,9 +50,10 @@ class TrainConfig:
         batch_size: samples (paths, data points) per step.
         lr, weight_decay: Adam's (the DIS paper: 5e-3 and 1e-7).
         grad_clip: maximal gradient 2-norm (the DIS paper: 1); ``None`` disables.
-        lr_final: learning-rate factor reached at the end of the run, in steps of ``lr_every`` iterations (the DIS
-            paper: 1/50 every 100).
-        lr_every: iterations per step of the learning-rate decay.
+        lr_final: learning-rate factor reached at the end of the run, in steps of ``lr_every`` (the DIS
+            paper: 1/50 in steps of 100 of its 20,000 iterations).
+        lr_every: length of a step of the learning-rate decay: a number of iterations, or, below 1, a fraction of the
+            run (:meth:`lr_block`).
         warmup: iterations of linear learning-rate warm-up from the start of training, ``lr * min(1, (i + 1) /
             warmup)`` at iteration ``i`` (DDPM: 5000); 0 disables.
         progress: show a progress bar.
@@ -65,6 +66,9 @@ class TrainConfig:
             training stops (:mod:`sde_control.steppers`); 0 stops at the first.
         log_every: the history keeps the record of every ``log_every``-th step (and of skipped, evaluated and
             checkpointed steps); 1 keeps all.
+        time_limit: stop the run once its training time (evaluations excluded) reaches this many seconds, after
+            a last evaluation and checkpoint as at its end (a budget; ``None``: no limit). The schedules keep their
+            length: a stopped run stops where it was in them.
     """
 
     iterations: int = 1000
@@ -73,7 +77,7 @@ class TrainConfig:
     weight_decay: float = 1e-7
     grad_clip: float | None = 1.0
     lr_final: float = 0.02
-    lr_every: int = 100
+    lr_every: float = 100
     progress: bool = True
     checkpoint_every: int = 500
     precision: str = "float32"
@@ -83,14 +87,14 @@ class TrainConfig:
     warmup: int = 0
     nonfinite_patience: int = 0
     log_every: int = 1
+    time_limit: float | None = None
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "progress", "checkpoint_every", "sync_every",
-                                            "nonfinite_patience", "log_every")
+                                            "nonfinite_patience", "log_every", "time_limit")
     """Fields a resumed run may change (a longer run extends a finished one); any other difference is refused."""
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "lr_every", "checkpoint_every", "accumulation", "sync_every",
-                     "log_every"):
+        for name in ("iterations", "batch_size", "checkpoint_every", "accumulation", "sync_every", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -98,11 +102,23 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if isinstance(self.lr_every, bool) or not (0 < self.lr_every < 1 or float(self.lr_every).is_integer()):
+            raise ValueError(f"lr_every must be a whole number of iterations or a fraction of the run in (0, 1), got "
+                             f"{self.lr_every!r}")
         if not self.lr > 0 or not self.lr_final > 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0, lr_final > 0, weight_decay >= 0, got {self.lr}, {self.lr_final}, "
                              f"{self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be a positive number of seconds or None, got {self.time_limit}")
+
+    def lr_block(self, run_iterations: int) -> int:
+        """Iterations per step of the learning-rate decay in a run of ``run_iterations``: ``lr_every`` itself, or
+        ``lr_every`` times the run's length (at least 1) when ``lr_every < 1``."""
+        if self.lr_every >= 1:
+            return int(self.lr_every)
+        return max(1, round(self.lr_every * run_iterations))
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` (validated)."""
@@ -178,11 +194,13 @@ class Trainer:
         return self.module if self.ema is None else self.ema.module
 
     def learning_rate(self, config: TrainConfig, iteration: int | None = None) -> float:
-        """Stepwise decay within the current run, ``lr * lr_final ** (floor(j / every) * every / K)`` at its step
-        ``j`` of ``K``, times the warm-up factor ``min(1, (i + 1) / warmup)`` at the overall iteration ``i``."""
+        """Stepwise decay within the current run of ``K`` iterations, ``lr * lr_final ** (floor(j / every) * every /
+        K)`` at its iteration ``j`` (``every = config.lr_block(K)``), times the warm-up factor ``min(1, (i + 1) /
+        warmup)`` at the overall iteration ``i``."""
         i = self.iteration if iteration is None else iteration
         j = i - self.run["start"]
-        lr = config.lr * config.lr_final ** ((j // config.lr_every) * config.lr_every / self.run["iterations"])
+        every = config.lr_block(self.run["iterations"])
+        lr = config.lr * config.lr_final ** ((j // every) * every / self.run["iterations"])
         return lr * min(1.0, (i + 1) / config.warmup) if config.warmup else lr
 
     def fit(
@@ -198,6 +216,7 @@ class Trainer:
         graph_key: Callable[[int], Hashable] | None = None,
         unit: str = "it",
         unit_scale: int = 1,
+        annotate: Callable[[dict[str, Any]], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Run ``config.iterations`` optimisation steps (with ``resume``, finish or extend the loaded run instead).
 
@@ -209,7 +228,8 @@ class Trainer:
         loss or gradient, before any update with them is kept. The progress bar counts ``unit_scale`` ``unit`` per
         step (images per step: images/s and the ETA).
         ``graph_key`` (with ``config.cuda_graph`` and a graph-safe ``loss_fn``) keys the CUDA-graph captures: a
-        new graph is captured whenever it changes.
+        new graph is captured whenever it changes. ``annotate(record)`` may add fields to each iteration's record
+        before it is stored (a sampler's count of target evaluations).
         """
         if resume and self.run is not None:
             self.run["iterations"] = config.iterations
@@ -229,12 +249,15 @@ class Trainer:
                    desc=description, disable=not config.progress or rank != 0, unit=unit,
                    unit_scale=config.iterations * unit_scale >= 100_000)  # 1.2M, not 1200000
         postfix: dict[str, float] = {}
+        out_of_time = config.time_limit is not None and elapsed >= config.time_limit
         try:
-            while self.iteration < end:
+            while self.iteration < end and not out_of_time:
                 started = time.perf_counter()
                 taken = stepper.step(self.iteration)
                 self.iteration += taken
-                done = self.iteration >= end
+                out_of_time = config.time_limit is not None and elapsed + time.perf_counter() - started >= \
+                    config.time_limit
+                done = self.iteration >= end or out_of_time
                 due_eval = evaluate is not None and (done or self.iteration % evaluate_every == 0)
                 due_checkpoint = checkpoint is not None and (done or self.iteration % config.checkpoint_every == 0)
                 due = not deferred or done or due_eval or due_checkpoint or self.iteration % config.sync_every == 0
@@ -248,6 +271,8 @@ class Trainer:
                         or r is records[-1] and (done or evaluation or due_checkpoint)]
                 for record in kept:
                     record["time"] = elapsed
+                    if annotate is not None:
+                        annotate(record)
                     self.history.append(record)
                     postfix = {k: v for k, v in record.items() if k in ("loss", "log_z", "ess")} or postfix
                     bar.set_postfix(postfix, refresh=False)

@@ -19,6 +19,7 @@ SMALLER = {  # the README's sizes -> test sizes; every example must use only siz
     "10_000": "200",
     "20_000": "500",
     "5000": "100",
+    "steps=100": "steps=10",
     "steps=20": "steps=4",
     "iterations=2000, batch_size=128": "iterations=4, batch_size=16",
     "paths=256, path_steps=50": "paths=8, path_steps=3",

@@ -30,7 +30,7 @@ def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
 
 def test_speed_smoke(tmp_path):
     text = run("speed.py", "--smoke", cwd=tmp_path)
-    for heading in ("Training-step time", "Peak memory of the KL loss", "Time to accuracy", "GPU path: CUDA graphs"):
+    for heading in ("Training-step time", "Peak memory of a training step", "Time to accuracy", "GPU path: CUDA graphs"):
         assert heading in text
 
 
@@ -42,6 +42,7 @@ def test_gpu_accuracy_smoke_runs_without_a_gpu(tmp_path):
 def test_adjoint_accuracy_smoke(tmp_path):
     text = run("adjoint_accuracy.py", "--smoke", cwd=tmp_path)
     assert "| DIS | Funnel | 16 |" in text and "| PIS | GaussianMixture | 8 |" in text
+    assert "DDS's adjoint at a near-optimal control" in text and text.count("\n| 16 |") == 1
 
 
 def test_discretisation_bias_smoke(tmp_path):
@@ -104,3 +105,18 @@ def test_images_digits_smoke(tmp_path):
     text = run("images_digits.py", "--budget", "smoke", "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert "| VP |" in text and "| VSDM (DCT-diagonal A_t) |" in text and "Held-out images against" in text
     assert (tmp_path / "runs" / "vsdm-seed0" / "result.json").is_file()
+
+
+def test_evaluations_smoke_resumes_and_notes_what_is_missing(tmp_path):
+    out = tmp_path / "cells"
+    first = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
+    assert "0 of 3 cells already done" in first
+    assert "| dis |" in first and "| cmcd |" in first and "| smc |" in first
+    assert (out / "evaluations.png").stat().st_size > 0
+    second = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
+    assert "3 of 3 cells already done; running 0" in second
+
+
+def test_exploration_smoke(tmp_path):
+    text = run("exploration.py", "--smoke", "--out", str(tmp_path / "cells"), "--jobs", "1", cwd=tmp_path)
+    assert "| pis | 0 |" in text and "| cmcd | 2 |" in text

@@ -40,10 +40,25 @@ def test_other_groups_and_a_sweep(tmp_path):
     assert samplers == ["DDS", "PIS"]
 
 
+def test_the_new_samplers_from_their_configs(tmp_path):
+    """``sampler=bridge|cmcd|dis_ud|bridge_ud`` run from the command line, each with one of the losses (the other
+    is tested in tests/sde_control/test_samplers.py), the log-variance loss exploring with an explicit setting."""
+    result = run_cli("-m", *TINY, "sampler=bridge,cmcd,dis_ud,bridge_ud", "loss=lv", "train.exploration=1.5",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run_cli(*TINY, "sampler=cmcd", "loss=kl", f"hydra.run.dir={tmp_path / 'kl'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(p.read_text()) for p in (*(tmp_path / "sweep").glob("*/results.json"), tmp_path / "kl" / "results.json")]
+    assert sorted((r["sampler"], r["loss"]) for r in runs) == sorted(
+        [("Bridge", "lv"), ("CMCD", "lv"), ("DIS (underdamped)", "lv"), ("Bridge (underdamped)", "lv"), ("CMCD", "kl")])
+    assert all(r["evaluations"] > 0 for r in runs)
+
+
 @pytest.mark.parametrize(
     "override, message",
     [("target=funel", "Could not find 'target/funel'"), ("train.iterationz=3", "iterationz"),
-     ("sampler.integrator=rk4", "integrator must be 'euler' or 'exponential'")],
+     ("sampler.integrator=rk4", "integrator must be one of 'ancestral', 'euler', 'exponential'"),
+     ("train.exploration=-1", "exploration must be non-negative")],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):
     result = run_cli(*TINY, override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -1,10 +1,12 @@
 """Samplers end to end: bad input fails loudly, nothing is lost, save/load round trips."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
-from sde_control import DDS, DIS, PIS, TargetError, TrainingDivergedError
+from sde_control import CMCD, DDS, DIS, PIS, Bridge, TargetError, TrainingDivergedError
 from sde_control import checkpoints
 from sde_control import losses as losses_module
 from sde_control.checkpoints import CheckpointError
@@ -12,6 +14,9 @@ from sde_control.specs import spec_of
 from sde_control.targets import Gaussian, Target
 
 GAUSSIAN = Gaussian(torch.tensor([1.0, -0.5]), 0.3, log_Z=0.7)
+
+SAMPLERS = {"pis": PIS, "dis": DIS, "dds": DDS, "bridge": Bridge, "cmcd": CMCD,
+            "dis_ud": functools.partial(DIS, underdamped=True), "bridge_ud": functools.partial(Bridge, underdamped=True)}
 
 
 class WrongShape(Target):
@@ -36,8 +41,9 @@ class NaNAt(Target):
         return value * float("nan") if self.calls > self.after else value
 
 
-@pytest.mark.parametrize("cls", [PIS, DIS, DDS])
-def test_bad_targets_are_rejected_at_construction(cls):
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_bad_targets_are_rejected_at_construction(name):
+    cls = SAMPLERS[name]
     with pytest.raises(TargetError, match=r"must return shape \(batch,\)"):
         cls(WrongShape())
     with pytest.raises(TargetError, match="returned nan"):
@@ -108,12 +114,14 @@ def test_nan_loss_mid_training_stops_with_message_and_keeps_checkpoint(tmp_path,
         assert torch.isfinite(p).all()
 
 
-@pytest.mark.parametrize("cls", [PIS, DIS, DDS])
-def test_save_load_round_trip(cls, tmp_path):
-    sampler = cls(GAUSSIAN, steps=8, width=16, depth=3)
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_save_load_round_trip(name, tmp_path):
+    sampler = SAMPLERS[name](GAUSSIAN, steps=8, width=16, depth=3)
+    cls = type(sampler)
     sampler.fit(3, batch_size=32, progress=False)
     sampler.save(tmp_path / "s.pt")
     loaded = cls.load(tmp_path / "s.pt")
+    assert loaded.training_evaluations == sampler.training_evaluations > 0
     assert checkpoints.differences(spec_of(loaded).as_data(), spec_of(sampler).as_data()) == []
     assert loaded.trainer.iteration == 3
     torch.manual_seed(1)
@@ -122,7 +130,7 @@ def test_save_load_round_trip(cls, tmp_path):
     b = loaded.sample(50)
     torch.testing.assert_close(a, b)
     with pytest.raises(CheckpointError, match="holds a"):
-        (PIS if cls is not PIS else DIS).load(tmp_path / "s.pt")
+        (PIS if cls is not PIS else DDS).load(tmp_path / "s.pt")
 
 
 def test_resume_an_interrupted_fit(tmp_path, monkeypatch):
@@ -156,14 +164,16 @@ def test_short_training_on_the_gmm_finds_every_mode():
     the raw samples, and the importance-weighted shares of 10,000 paths are 1/9 each within 0.06
     (five standard errors of a share at an effective sample size of 1000,
     sqrt(1/9 * 8/9 / 1000) = 0.01, plus room for the heavy tail of the weights; measured over
-    four seeds: at most 0.033 off).
+    four seeds: at most 0.033 off). The learning rate is not decayed: the paper's decay to 1/50 over 120
+    iterations stops the training early (ESS 0.03 to 0.18; without decay 0.16 to 0.35 over four seeds, largest
+    weighted share error 0.015).
     """
     from sde_control.targets import GaussianMixture
 
     target = GaussianMixture()
-    sampler = DIS(target, steps=50, integrator="exponential")
+    sampler = DIS(target, steps=50)
     before = sampler.estimate_log_z(4000, eubo=False)
-    history = sampler.fit(120, batch_size=256, loss="lv", progress=False)
+    history = sampler.fit(120, batch_size=256, loss="lv", lr_final=1.0, progress=False)
     after = sampler.estimate_log_z(4000, eubo=False)
     assert len(history) == 120 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert after.elbo > before.elbo
@@ -307,3 +317,101 @@ def test_corrupt_or_truncated_checkpoints_fail_clearly_and_failed_saves_keep_the
     with pytest.raises(OSError, match="No space"):
         sampler.save(path)
     assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---------------------------------------------------------------------- evaluations, schedules, exploration
+@pytest.mark.parametrize("name, per_path", [("dis", 11), ("pis", 11), ("bridge", 11), ("dis_ud", 11), ("cmcd", 12)])
+def test_every_target_evaluation_is_counted(name, per_path):
+    """One evaluation is one point where the target's density or score is computed. A 10-step path evaluates the
+    score guidance at its 10 pre-step states and the density at its end: 11 per path; CMCD scores the state after
+    each step for the backward kernel and reuses that score for the next forward kernel: 11 scores and one density.
+    The history counts training cumulatively; an estimate adds its own paths to the training's."""
+    sampler = SAMPLERS[name](GAUSSIAN, steps=10, width=8, depth=2)
+    history = sampler.fit(3, batch_size=32, progress=False)
+    assert [r["evaluations"] for r in history] == [32 * per_path * i for i in (1, 2, 3)]
+    est = sampler.estimate_log_z(100)  # the EUBO's exact target samples are not counted
+    assert est.evaluations == 3 * 32 * per_path + 100 * per_path
+    with_eval = SAMPLERS[name](GAUSSIAN, steps=10, width=8, depth=2)
+    history = with_eval.fit(4, batch_size=32, progress=False, evaluate_every=2, eval_samples=50)
+    assert [r["evaluations"] for r in history] == [32 * per_path * i + 50 * per_path * (i // 2) for i in (1, 2, 3, 4)]
+
+
+def test_cuda_graph_replays_are_counted_by_their_capture_key():
+    """A replayed step runs no Python; the ledger counts it as the last measured iteration of its key."""
+    from sde_control.samplers import EvaluationLedger
+
+    ledger = EvaluationLedger(total=7)
+    for iteration in range(4):  # three warm-up steps and the capture, measured
+        ledger.measure(iteration, (100, 10.0), 352)
+        assert ledger.record(iteration, (100, 10.0)) == 7 + 352 * (iteration + 1)
+    assert ledger.record(4, (100, 10.0)) == 7 + 352 * 5  # a replay
+    ledger.measure(5, (200, 50.0), 400)
+    assert ledger.record(5, (200, 50.0)) == 7 + 352 * 5 + 400
+    assert ledger.record(6, (100, 10.0)) == 7 + 352 * 6 + 400
+
+
+def test_the_paper_schedules_as_fractions_of_the_run():
+    """The DIS paper's clip 10 -> 50 after 200 and -> 250 after 400 of 20,000 steps and its learning-rate decay in
+    blocks of 100 to 1/50, from the default fractions; a short run scales them."""
+    from sde_control.samplers import SamplerTraining
+    from sde_control.training import Trainer
+
+    paper = SamplerTraining(iterations=20_000)
+    assert [paper.clip_at(i) for i in (0, 199, 200, 399, 400, 19_999)] == [10.0, 10.0, 50.0, 50.0, 250.0, 250.0]
+    assert paper.lr_block(20_000) == 100
+    trainer = Trainer(nn.Linear(1, 1))
+    trainer.run = {"start": 0, "iterations": 20_000}
+    assert trainer.learning_rate(paper, 99) == pytest.approx(5e-3)
+    assert trainer.learning_rate(paper, 100) == pytest.approx(5e-3 * 0.02 ** (100 / 20_000))
+    assert trainer.learning_rate(paper, 19_999) == pytest.approx(5e-3 * 0.02 ** (19_900 / 20_000))
+    short = SamplerTraining(iterations=1000)
+    assert [short.clip_at(i) for i in (9, 10, 19, 20)] == [10.0, 50.0, 50.0, 250.0] and short.lr_block(1000) == 5
+    with pytest.raises(ValueError, match="fractions of the run"):
+        SamplerTraining(clip_from=(0, 200, 400))
+
+
+def test_sampling_defaults_to_the_last_step_count_of_the_schedule():
+    sampler = DIS(GAUSSIAN, steps=10, width=8, depth=2)
+    sampler.fit(4, batch_size=16, step_schedule=(4, 6), progress=False)
+    assert sampler.default_steps == 6
+    before = sampler.counted.count
+    sampler.sample(10)
+    assert sampler.counted.count - before == 10 * 7
+    assert DIS.load_state_dict is not None and sampler.estimate_log_z(20, eubo=False).n == 20
+
+
+def test_log_variance_explores_by_default_and_the_kl_loss_refuses_to():
+    """``fit(loss="lv")`` draws its paths with the sampler's default exploration (the batch weights of the history
+    are then those of the widened paths), ``exploration=0`` turns it off; the KL loss cannot explore."""
+    from sde_control.samplers import SamplerTraining
+
+    sampler = PIS(GAUSSIAN, steps=10, width=8, depth=2)
+    assert PIS.default_exploration > 0
+    assert SamplerTraining(loss="lv").exploration_for(PIS.default_exploration) == PIS.default_exploration
+    assert SamplerTraining(loss="kl").exploration_for(PIS.default_exploration) == 0.0
+    assert SamplerTraining(loss="lv", exploration=0.0).exploration_for(PIS.default_exploration) == 0.0
+    decaying = SamplerTraining(iterations=100, loss="lv", exploration=2.0, exploration_end=0.25)
+    assert [decaying.exploration_for(0.0, i) for i in (0, 9, 10, 50, 89, 90, 99)] == pytest.approx(
+        [2.0, 2.0, 2.0 * (1 - 0.75 / 9), 2.0 * (1 - 0.75 * 5 / 9), 2.0 * (1 - 0.75 * 8 / 9), 0.5, 0.5])
+    with pytest.raises(ValueError, match="exploration applies to the log-variance loss only"):
+        sampler.fit(2, loss="kl", exploration=1.0, progress=False)
+
+
+def test_the_adjoint_history_logs_only_the_loss():
+    history = PIS(GAUSSIAN, steps=10, width=8, depth=2).fit(2, batch_size=16, loss="kl", adjoint=True, progress=False)
+    assert "log_z" not in history[-1] and "ess" not in history[-1] and history[-1]["evaluations"] > 0
+
+
+@pytest.mark.parametrize("name", ["bridge", "cmcd", "bridge_ud"])
+def test_samplers_with_backward_controls_learn_both(name):
+    """A Bridge's or CMCD's backward control is trained with its forward one: after a few steps both have moved."""
+    sampler = SAMPLERS[name](GAUSSIAN, steps=10, width=8, depth=2)
+    before = {k: v.clone() for k, v in sampler.control.state_dict().items()}
+    for loss in ("lv", "kl"):
+        sampler.fit(3, batch_size=32, loss=loss, progress=False, resume=False)
+    moved = {k for k, v in sampler.control.state_dict().items() if not torch.equal(v, before[k])}
+    if name == "cmcd":
+        assert any(k.startswith("network.") for k in moved)
+    else:
+        assert any(k.startswith("forward_control.") for k in moved) and any(
+            k.startswith("backward_control.") for k in moved)

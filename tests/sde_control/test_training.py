@@ -282,3 +282,19 @@ def test_an_interrupted_run_writes_a_checkpoint_before_it_stops(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(interrupted, config(20, checkpoint_every=4), checkpoint=lambda: written.append(trainer.iteration))
     assert written == [4, 6]
+def test_a_time_limit_stops_the_run_with_a_last_evaluation_and_checkpoint(monkeypatch):
+    """Each step takes 'one second' on a fake clock: a 3.5 s limit stops after the fourth, which is evaluated and
+    checkpointed as a run's end is; a resumed run that is out of time trains nothing more."""
+    import sde_control.training as training
+
+    clock = iter(range(10_000))
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(clock)) / 2)  # two reads per step
+    module, loss_fn = quadratic_problem()
+    trainer = Trainer(module)
+    evaluated, saved = [], []
+    history = trainer.fit(loss_fn, config(20, time_limit=3.5, checkpoint_every=100), evaluate_every=100,
+                          evaluate=lambda: evaluated.append(trainer.iteration) or {},
+                          checkpoint=lambda: saved.append(trainer.iteration))
+    assert trainer.iteration == 4 and len(history) == 4 and evaluated == [4] and saved == [4]
+    trainer.fit(loss_fn, config(20, time_limit=3.5), resume=True)
+    assert trainer.iteration == 4
