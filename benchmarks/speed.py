@@ -1,11 +1,18 @@
 """Speed and memory of training, side by side in one run.
 
-    python benchmarks/speed.py                 # all sections (about 40 minutes on 2 cores)
-    python benchmarks/speed.py --section step  # one of: step, memory, accuracy
-    python benchmarks/speed.py --smoke         # seconds; checks the script, writes nothing
+    python benchmarks/speed.py --peer PEER     # all sections (about an hour on 2 cores)
+    python benchmarks/speed.py --section step  # one of: levers, estimate, step, memory, accuracy, graph
+    python benchmarks/speed.py --smoke         # a minute; checks the script, writes nothing
 
 Sections (each rewrites its own part of benchmarks/RESULTS.md):
 
+* ``levers``: full training steps of DIS on the 10-d Funnel (log-variance loss, batch 2048, 200 steps) for each
+  speed lever on its own and combined (threads, ``torch.compile`` of the control network, the two-pass loss, a
+  hand-written loop with and without in-place sums), each in a fresh process, and, with ``--peer``, the DIS paper's
+  reference implementation (github:juliusberner/sde_sampler, built by ``../shared/tools/peer_setup.sh``) side by
+  side in alternating rounds: the ratio of the two step times. Without ``--peer`` it says so and reports the ratio
+  to the hand-written loop.
+* ``estimate``: paths per second of ``estimate_log_z(10_000)``.
 * ``step``: time of one training step of DIS on the 10-d Funnel (batch 2048, 200 steps,
   log-variance loss, the papers' network: Fourier MLP, 4 layers of 64) for the library's chain
   (one pass, and two passes with flat memory), a hand-written loop computing the same
@@ -26,13 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -47,8 +55,9 @@ from sde_control.target import checked_log_prob  # noqa: E402
 
 
 # --------------------------------------------------------------------------- step time
-def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """The log-variance loss of the library (without exploration), written as a plain loop of the chain's steps."""
+def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor, in_place: bool = True) -> torch.Tensor:
+    """The log-variance loss of the library (without exploration), written as a plain loop of the chain's steps;
+    ``in_place=False`` accumulates the running cost out of place (a new tensor per step)."""
     ref, dim = sampler.reference, x0.shape[1]
     kernels = ref.forward_kernels(grid)
     A, B, V = kernels.scale.tolist(), kernels.control.tolist(), kernels.var.tolist()
@@ -57,7 +66,8 @@ def hand_written_lv_step(sampler: DIS, x0: torch.Tensor, grid: torch.Tensor) -> 
     for k in range(len(A)):
         u = control(x, k)
         v, xi, std = u.detach(), torch.randn_like(x), V[k] ** 0.5
-        cost = cost + B[k] ** 2 / (2 * V[k]) * (u * (u - 2 * v)).sum(-1) - B[k] / std * (u * xi).sum(-1)
+        step_cost = B[k] ** 2 / (2 * V[k]) * (u * (u - 2 * v)).sum(-1) - B[k] / std * (u * xi).sum(-1)
+        cost = cost.add_(step_cost) if in_place else cost + step_cost
         x = A[k] * x + B[k] * v + std * xi
         states.append(x)
     log_w = checked_log_prob(sampler.target, x) + ref.log_ratio(torch.stack(states), grid) + cost
@@ -105,6 +115,139 @@ def step_section(batch: int, steps: int, rounds: int) -> str:
         markdown_table(["variant", "median s/step", "min s/step", "median / hand-written"], rows),
         "",
         ADJOINT_NOTE.strip(),
+    ])
+
+
+# --------------------------------------------------------------------------- levers and the reference implementation
+LEVERS: dict[str, dict[str, Any]] = {
+    "library defaults (eager, float32, in-place sums, default threads)": {},
+    "one intra-op thread": {"threads": 1},
+    "compiled network (torch.compile)": {"compile": True},
+    "compiled network, one thread": {"compile": True, "threads": 1},
+    "two-pass log-variance loss (lv_chunk=50)": {"lv_chunk": 50},
+    "hand-written loop, in-place sum": {"hand_written": "in-place"},
+    "hand-written loop, out-of-place sum": {"hand_written": "out-of-place"},
+}
+WARM_UP = 2
+"""Training steps left out of each timed run: the first step (allocations; with compilation, the compiling) and
+the one after it (the clip schedule's first change)."""
+
+
+def training_child(options: dict[str, Any], batch: int, steps: int, iterations: int) -> None:
+    """``iterations`` full training steps (loss, gradient, Adam) of DIS on the 10-d Funnel with the lever
+    ``options``, in this fresh process; prints the times of all but the first ``WARM_UP`` steps."""
+    if "threads" in options:
+        torch.set_num_threads(options["threads"])
+    torch.manual_seed(0)
+    sampler = DIS(target("funnel"), steps=steps)
+    hand = options.get("hand_written")
+    if hand is None:
+        fit_options = {k: v for k, v in options.items() if k in ("compile", "lv_chunk")}
+        history = sampler.fit(iterations, batch_size=batch, loss="lv", progress=False, **fit_options)
+        times = [b["time"] - a["time"] for a, b in zip(history, history[1:])][WARM_UP - 1:]
+    else:
+        grid, optimizer = time_grid(1.0, steps), torch.optim.Adam(sampler.control.parameters(), lr=5e-3)
+        times = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            optimizer.zero_grad()
+            hand_written_lv_step(sampler, sampler.reference.sample_initial(batch), grid,
+                                 in_place=hand == "in-place").backward()
+            optimizer.step()
+            times.append(time.perf_counter() - started)
+        times = times[WARM_UP:]
+    print(json.dumps({"times": times, "threads": torch.get_num_threads()}))
+
+
+def ours(options: dict[str, Any], batch: int, steps: int, iterations: int) -> tuple[list[float], int]:
+    """The step times of :func:`training_child` in a fresh process (its own threads and compilation caches)."""
+    out = subprocess.run([sys.executable, __file__, "--training-child", json.dumps(options), str(batch), str(steps),
+                          str(iterations)], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["times"], result["threads"]
+
+
+def reference_times(peer: Path, batch: int, steps: int, iterations: int) -> list[float]:
+    """The DIS paper's reference code (github:juliusberner/sde_sampler, built by ``peer_setup.sh``) training DIS on
+    its 10-d Funnel with the log-variance loss at ``batch`` and its default 200 steps: its own ``time_per_step``
+    of every step but the first ``WARM_UP``, at its default threads."""
+    if steps != 200:
+        raise ValueError("the reference's DIS configuration has 200 steps")
+    command = [str(peer / "venv" / "bin" / "python"), "scripts/main.py", "target=funnel", "solver=dis",
+               "wandb.mode=disabled", f"train_steps={iterations}", f"eval_interval={iterations}",
+               "eval_batch_size=1000", f"train_batch_size={batch}", "plot_results=False", "eval_init=False",
+               "log_interval=1"]
+    out = subprocess.run(command, cwd=peer / "sde_sampler", capture_output=True, text=True, check=True)
+    times = [float(m) for m in re.findall(r"time_per_step: ([0-9.eE+-]+)", out.stdout + out.stderr)]
+    if len(times) != iterations:
+        raise RuntimeError(f"expected {iterations} time_per_step lines from the reference, got {len(times)}")
+    return times[WARM_UP:]
+
+
+def levers_section(batch: int, steps: int, iterations: int, rounds: int, peer: Path | None) -> str:
+    """Every lever on its own and combined, and the reference implementation, in alternating rounds."""
+    has_peer = peer is not None and (peer / "venv" / "bin" / "python").is_file()
+    times: dict[str, list[float]] = {name: [] for name in LEVERS}
+    if has_peer:
+        times["reference implementation (sde_sampler)"] = []
+    threads: dict[str, int] = {}
+    for _ in range(rounds):
+        for name, options in LEVERS.items():
+            step_times, threads[name] = ours(options, batch, steps, iterations)
+            times[name].append(statistics.median(step_times))
+        if has_peer:
+            times["reference implementation (sde_sampler)"].append(
+                statistics.median(reference_times(peer, batch, steps, iterations)))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    default = medians[next(iter(LEVERS))]
+    hand = medians["hand-written loop, in-place sum"]
+    basis = medians.get("reference implementation (sde_sampler)")
+    rows = [[name, str(threads.get(name, "its default")), f"{m:.3f}", f"{m / default:.2f}", f"{m / hand:.2f}"]
+            + ([f"{m / basis:.2f}"] if basis else []) for name, m in medians.items()]
+    header = ["variant", "threads", "median s/step", "/ library default", "/ hand-written"]
+    if basis:
+        verdict = (f"**Side by side: the library's training step takes {default:.3f} s, the reference's {basis:.3f} s: "
+                   f"ratio {default / basis:.2f}** (goal 0.3).")
+    else:
+        where = "no --peer folder given" if peer is None else f"no built reference at {peer}"
+        verdict = (f"The reference implementation was not measured ({where}: build it with "
+                   f"`../shared/tools/peer_setup.sh SNAPSHOT` and pass its folder as --peer); the library's step is "
+                   f"{default / hand:.2f}x the hand-written loop's.")
+    return "\n".join([
+        "## Training step: the levers and the reference implementation",
+        "",
+        f"Command: `python benchmarks/speed.py --section levers --peer PEER_FOLDER`. DIS on the 10-d Funnel, "
+        f"log-variance loss, batch {batch}, {steps} steps: full training steps (loss, gradient, Adam), each variant "
+        f"in a fresh process at its threads; the median step of {iterations - WARM_UP} (after {WARM_UP} left out: "
+        f"allocation, compilation, the clip schedule's first change), median over {rounds} alternating rounds. The "
+        f"library's variants use its defaults (exploration eta = 1 included); the hand-written loop is the same "
+        f"loss without exploration. Machine: {machine()}.",
+        "",
+        markdown_table(header + (["/ reference"] if basis else []), rows),
+        "",
+        verdict,
+    ])
+
+
+def estimate_section(samples: int, steps: int, rounds: int) -> str:
+    """Paths per second of ``estimate_log_z`` (DIS on the 10-d Funnel, default threads, no gradient)."""
+    torch.manual_seed(0)
+    sampler = DIS(target("funnel"), steps=steps)
+    sampler.estimate_log_z(min(samples, 1000))  # warm-up
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        sampler.estimate_log_z(samples, eubo=False)
+        seconds.append(time.perf_counter() - started)
+    median = statistics.median(seconds)
+    return "\n".join([
+        "## Evaluation: estimate_log_z",
+        "",
+        f"Command: `python benchmarks/speed.py --section estimate`. `DIS.estimate_log_z({samples})` on the 10-d "
+        f"Funnel at {steps} steps (importance-sampled log Z, ELBO and ESS; no EUBO), median of {rounds} calls. "
+        f"Machine: {machine()}.",
+        "",
+        markdown_table(["paths", "median s", "paths / s"], [[str(samples), f"{median:.2f}", f"{samples / median:,.0f}"]]),
     ])
 
 
@@ -221,13 +364,32 @@ def graph_section(iterations: int, batch: int, steps: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=("step", "memory", "accuracy", "graph", "all"), default="all")
+    parser.add_argument("--section", choices=("levers", "estimate", "step", "memory", "accuracy", "graph", "all"),
+                        default="all")
+    parser.add_argument("--peer", type=Path, default=None,
+                        help="the reference implementation's folder built by ../shared/tools/peer_setup.sh")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; print, do not write RESULTS.md")
     parser.add_argument("--memory-child", nargs=3, metavar=("MODE", "STEPS", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--training-child", nargs=4, metavar=("OPTIONS", "BATCH", "STEPS", "ITERATIONS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         mode, steps, batch = args.memory_child
         return memory_child(mode, int(steps), int(batch))
+    if args.training_child:
+        options, batch, steps, iterations = args.training_child
+        return training_child(json.loads(options), int(batch), int(steps), int(iterations))
+    default_threads = {  # at the machine's default threads: these sections measure them
+        "levers": lambda: levers_section(16, 10, WARM_UP + 1, 1, None) if args.smoke
+        else levers_section(2048, 200, WARM_UP + 5, 3, args.peer),
+        "estimate": lambda: estimate_section(200, 20, 1) if args.smoke else estimate_section(10_000, 200, 3),
+    }
+    for name, section in default_threads.items():
+        if args.section in (name, "all"):
+            text = section()
+            print(text, flush=True)
+            if not args.smoke:
+                write_section(f"speed-{name}", text)
     torch.set_num_threads(1)
     sections = {
         "step": lambda: step_section(batch=64, steps=10, rounds=2) if args.smoke else step_section(2048, 200, rounds=7),

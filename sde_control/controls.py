@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .compilation import compiled
 from .specs import Specified
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -87,7 +88,11 @@ class TimeNetwork(nn.Module):
 
 class ControlMLP(Specified, nn.Module):
     """Fourier-feature MLP ``NN(z, s)``: ``depth`` layers of ``width`` GELU units, last layer zero; inputs of
-    ``in_dim`` (default ``dim``: a position; ``2 dim`` for position and velocity), outputs of ``dim``."""
+    ``in_dim`` (default ``dim``: a position; ``2 dim`` for position and velocity), outputs of ``dim``.
+
+    ``compile_network`` (an attribute training sets, not saved) evaluates the per-step network through ``torch.compile``
+    (:mod:`sde_control.compilation`; the eager network where no compiler works).
+    """
 
     def __init__(self, dim: int, width: int = 64, depth: int = 4, clip: float = 1e4, in_dim: int | None = None):
         super().__init__()
@@ -100,6 +105,23 @@ class ControlMLP(Specified, nn.Module):
         self.time = TimeNetwork(width, width, depth=2)
         self.body = nn.Sequential(nn.GELU(), _mlp([width] * (depth - 1) + [dim], nn.GELU))
         _init_last(self.body[-1][-1], 0.0)
+        self._compiled = None
+
+    @property
+    def compile_network(self) -> bool:
+        return self._compiled is not None
+
+    @compile_network.setter
+    def compile_network(self, value: bool) -> None:
+        if not value:
+            self._compiled = None
+        elif self._compiled is None:
+            self._compiled = compiled(self._evaluate, self.clip_value.device.type)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)  # a copy (the EMA's, a pickle) compiles its own network when asked to
+        state["_compiled"] = None
+        return state
 
     @property
     def clip(self) -> float:
@@ -121,7 +143,8 @@ class ControlMLP(Specified, nn.Module):
     def on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
         """``(x, k) -> u(x, times[k])`` with the time features of all grid times computed at once."""
         features, c = self.time(times), self.clip
-        return lambda x, k: self._evaluate(x, features[k], c)
+        evaluate = self._compiled or self._evaluate
+        return lambda x, k: evaluate(x, features[k], c)
 
     def _evaluate(self, x: Tensor, features: Tensor, c: float) -> Tensor:  # not `_apply`: nn.Module uses that name
         if x.shape[-1] != self.in_dim:
@@ -209,7 +232,7 @@ class ScoreInformedControl(nn.Module):
         weight = self.weight(times).clamp(-c, c)
         if self.scale is not None:
             weight = self.scale(times).to(weight).reshape(-1, 1) * weight
-        return lambda z, k: network(z, k) + weight[k] * guidance(z, k)
+        return lambda z, k: torch.addcmul(network(z, k), weight[k], guidance(z, k))  # one kernel for the sum
 
 
 class BridgeControls(nn.Module):

@@ -99,9 +99,10 @@ def simulate_chain(
         dtype=x0.dtype, device=x0.device)
 
     z = x0.detach() if detach_drift else x0
-    zero = x0.new_zeros(batch)
-    path, control_cost, noise_cost, backward_cost = zero, zero, zero, zero
-    behaviour = zero if explore is not None else None
+    # The running sums are accumulated in place (one kernel per term and step, no new tensor); each starts as its own
+    # zeros, since an in-place sum must not alias another.
+    path, control_cost, noise_cost, backward_cost = (x0.new_zeros(batch) for _ in range(4))
+    behaviour = x0.new_zeros(batch) if explore is not None else None
     states, pre_noise, post_noise = ([z], [], []) if keep_states else (None, None, None)
     for k in range(len(A)):
         pre = reference.before_noise(z, k, h[k])
@@ -119,17 +120,17 @@ def simulate_chain(
             step_control, step_noise = running_costs(u, xi, c_control, c_noise)
         y_next = torch.add(A[k] * y, drive, alpha=B[k]) + std * xi
         post = reference.with_noise_block(pre, y_next)
-        control_cost, noise_cost = control_cost + step_control, noise_cost + step_noise
+        control_cost += step_control
+        noise_cost += step_noise
         if backward_at is not None:
             w = backward_at(post, k + 1)
-            backward_cost = backward_cost + backward_costs(w, y, y_next, b[k], beta[k], c[k])
+            backward_cost += backward_costs(w, y, y_next, b[k], beta[k], c[k])
         if not telescoped:
-            path = path + kernel_log_ratio(y, y_next, A[k], v[k], b[k], c[k])
+            path += kernel_log_ratio(y, y_next, A[k], v[k], b[k], c[k])
         if behaviour is not None:  # the drawing kernel N(A y + B u, (1 + eta^2) v I), with the noise xi + eta zeta
             widened = (1 + exploration**2) * v[k]
             increment = y_next - A[k] * y
-            behaviour = behaviour + log_normal(increment, 0.0, v[k]) - log_normal(increment - B[k] * u.detach(), 0.0,
-                                                                                   widened)
+            behaviour += log_normal(increment, 0.0, v[k]) - log_normal(increment - B[k] * u.detach(), 0.0, widened)
         z = reference.after_noise(post, k, h[k])
         if keep_states:
             states.append(z)

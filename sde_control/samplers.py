@@ -68,6 +68,9 @@ class SamplerTraining(TrainConfig):
             then logs only the loss.
         lv_chunk: compute the log-variance loss in two passes, this many steps at a time (memory flat in the number
             of steps, :func:`~sde_control.losses.log_variance_loss`); ``None``: one pass.
+        compile: evaluate the control networks' per-step MLP through ``torch.compile`` (eager where no compiler
+            works, :mod:`sde_control.compilation`). Off by default: on this project's 2-core CPU the compiled
+            training step is slower than the eager one (``benchmarks/speed.py --section levers``).
         evaluate_every: also estimate log Z from ``eval_samples`` fresh paths of the EMA control every so many
             iterations (and at the end); ``None``: never.
         eval_samples: paths of those estimates.
@@ -83,10 +86,11 @@ class SamplerTraining(TrainConfig):
     lr_every: float = 0.005
     adjoint: bool = False
     lv_chunk: int | None = None
+    compile: bool = False
     evaluate_every: int | None = None
     eval_samples: int = 2000
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = TrainConfig.RESUMABLE + ("evaluate_every", "eval_samples")
+    RESUMABLE: ClassVar[tuple[str, ...]] = TrainConfig.RESUMABLE + ("evaluate_every", "eval_samples", "compile")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -296,6 +300,8 @@ class Sampler(Checkpointable):
         trainer = self.trainer
         forward, backward = path_controls(self.control)
         self._set("detach_score", config.detach_score)
+        for network in self._submodules(ControlMLP):
+            network.compile_network = config.compile
 
         def key(iteration: int) -> tuple[int, float, float]:
             """What a captured step depends on: step count, clip and exploration at ``iteration``."""
@@ -339,6 +345,10 @@ class Sampler(Checkpointable):
             checkpoint=None if checkpoint is None else lambda: self.save(checkpoint),
             graph_key=key, annotate=annotate,
         )
+
+    def _submodules(self, kind: type[nn.Module]) -> list[nn.Module]:
+        """The submodules of type ``kind`` of the networks and their average."""
+        return [m for module in (self.control, self.trainer.averaged) for m in module.modules() if isinstance(m, kind)]
 
     def _set(self, name: str, value: Any) -> None:
         """Set a training-time attribute (``clip``, ``detach_score``) of the networks and their average."""
