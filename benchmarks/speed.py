@@ -21,8 +21,8 @@ Sections (each rewrites its own part of benchmarks/RESULTS.md):
 * ``memory``: peak resident memory of one training step against the number of steps
   (100 to 1600): the KL loss by backpropagation and through the adjoint, the log-variance loss in one pass and
   in two passes (``lv_chunk``), each in a fresh subprocess.
-* ``graph``: on a CUDA device, training iterations per second with and without CUDA-graph
-  capture (:mod:`sde_control.graphs`); on a machine without one it says so.
+* ``graph``: on a CUDA device, training iterations per second eager, with ``torch.compile``, with CUDA-graph
+  capture (:mod:`sde_control.cuda_graphs`) and with both; on a machine without one it says so.
 * ``accuracy``: time-to-accuracy on GMM and Funnel at the settings of the measured reference
   bar (log-variance loss, batch 512, 200 steps): the log Z error of 10,000 evaluation paths at
   a series of iterations, the training wall time at each (evaluation excluded), and the first
@@ -344,22 +344,24 @@ def graph_section(iterations: int, batch: int, steps: int) -> str:
             f"({machine()}). The path's bookkeeping runs eagerly on a CPU and is tested there "
             f"(tests/sde_control/test_training.py, test_samplers.py); on a CPU `fit(cuda_graph=True)` warns and "
             f"trains without capture."])
+    variants = {"eager": {}, "torch.compile": {"compile": True}, "CUDA graph": {"cuda_graph": True},
+                "torch.compile + CUDA graph": {"compile": True, "cuda_graph": True}}
     rates = {}
-    for graphed in (False, True):
+    for name, options in variants.items():
         torch.manual_seed(0)
         sampler = DIS(target("funnel"), steps=steps).to("cuda")
-        sampler.fit(10, batch_size=batch, progress=False, cuda_graph=graphed)  # warm-up (and first capture)
+        sampler.fit(10, batch_size=batch, progress=False, **options)  # warm-up (compilation, first capture)
         torch.cuda.synchronize()
         started = time.perf_counter()
-        sampler.fit(iterations, batch_size=batch, progress=False, cuda_graph=graphed)
+        sampler.fit(iterations, batch_size=batch, progress=False, **options)
         torch.cuda.synchronize()
-        rates[graphed] = iterations / (time.perf_counter() - started)
-    rows = [["eager", f"{rates[False]:.2f}"], ["CUDA graph", f"{rates[True]:.2f}"],
-            ["speed-up", f"{rates[True] / rates[False]:.2f}x"]]
+        rates[name] = iterations / (time.perf_counter() - started)
+    rows = [[name, f"{rate:.2f}", f"{rate / rates['eager']:.2f}x", f"{rate / rates['CUDA graph']:.2f}x"]
+            for name, rate in rates.items()]
     return "\n".join(header + [
         f"Command: `python benchmarks/speed.py --section graph`. DIS on the 10-d Funnel, log-variance loss, batch "
         f"{batch}, {steps} steps, {iterations} iterations after 10 warm-up ones. Device: {machine()}.", "",
-        markdown_table(["training step", "iterations / s"], rows)])
+        markdown_table(["training step", "iterations / s", "/ eager", "/ graph only"], rows)])
 
 
 def main(argv: list[str] | None = None) -> None:
