@@ -94,18 +94,18 @@ def exact_w2_floor(name: str, n: int) -> float:
     return wasserstein2_squared(exact.sample(n).cpu(), exact.sample(n).cpu())
 
 
-def table(results: list[dict[str, Any]], budget: str) -> str:
+def table(results: list[dict[str, Any]], budget: str, command: str) -> str:
     b = BUDGETS[budget]
     lines = [
         f"## Reproduction table, `{budget}` budget",
         "",
-        f"Command: `python benchmarks/reproduce.py --budget {budget}`. Budget: batch {b['batch_size']}, "
-        f"time steps {b['steps']}, {b['iterations']} iterations, {b['seeds']} seeds; evaluation with "
+        f"Command: `{command}`. Budget: batch {b['batch_size']}, "
+        f"time steps {b['steps']}, {b['iterations']} iterations, up to {b['seeds']} seeds; evaluation with "
         f"{b['eval_samples']} paths, W2 on {b['metric_samples']} vs {b['metric_samples']} samples. "
-        f"Machine: {machine()}. Mean ± standard deviation over seeds.",
+        f"Machine: {machine()}. Mean ± standard deviation over the seeds of each row.",
         "",
     ]
-    header = ["sampler", "loss", "IS log Z error", "ELBO error", "ESS", "EUBO - log Z", "W2²",
+    header = ["sampler", "loss", "seeds", "IS log Z error", "ELBO error", "ESS", "EUBO - log Z", "W2²",
               "marg. std error", "evaluations", "train time (s)"]
     for name in TARGET_NAMES:
         rows = []
@@ -114,7 +114,8 @@ def table(results: list[dict[str, Any]], budget: str) -> str:
             if not cell:
                 continue
             eubo_gap = [None if r["eubo"] is None else r["eubo"] - r["log_z_exact"] for r in cell]
-            rows.append([cell[0].get("sampler_name", sampler.upper()), loss.upper(), mean_std(r["error"] for r in cell),
+            rows.append([cell[0].get("sampler_name", sampler.upper()), loss.upper(), str(len(cell)),
+                         mean_std(r["error"] for r in cell),
                          mean_std(r["elbo_error"] for r in cell), mean_std(r["ess"] for r in cell),
                          mean_std(eubo_gap), mean_std(r["w2_squared"] for r in cell),
                          mean_std(r["marginal_std_error"] for r in cell),
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         for seed in range(args.seeds or budget["seeds"])
     ]
     results = run_cells(cells, run_cell, out, args.jobs)
-    text = table(results, args.budget)
+    command = " ".join(["python benchmarks/reproduce.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    text = table(results, args.budget, command)
     print(text)
     if not args.no_results_md:
         write_section(f"reproduce-{args.budget}", text)
