@@ -76,7 +76,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, VSDM):
         result["time_averaged_A"] = model.sde.time_averaged_A().tolist()
     started = time.perf_counter()
-    for steps, method in itertools.product(STEPS, ("ode", "sde")):
+    for steps, method in itertools.product(STEPS, ("ode", "em")):
         result[f"{method}{steps}"] = evaluate(model, test, steps, method, seed=cell["seed"])[0]
     result["eval_time_s"] = time.perf_counter() - started
     return result
@@ -90,7 +90,7 @@ def table(results: list[dict[str, Any]]) -> str:
         cells = [r for r in results if r["data"] == name and r["model"] == model]
         if not cells:
             continue
-        ode, sde = [c[f"ode{steps}"] for c in cells], [c[f"sde{steps}"] for c in cells]
+        ode, sde = [c[f"ode{steps}"] for c in cells], [c[f"em{steps}"] for c in cells]
         rows.append([DATA_NAMES[name], MODELS[model], str(steps), mean_std(o["w2"] for o in ode),
                      mean_std(o["tv"] for o in ode), mean_std(o["straightness"] for o in ode),
                      mean_std(s["w2"] for s in sde), mean_std(s["tv"] for s in sde),

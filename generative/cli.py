@@ -38,7 +38,6 @@ from .data import validate
 from .data.images import Images
 from .evaluation import evaluate
 from .plotting import plot_trajectories
-from .sampling import evaluations
 from .score_model import ScoreModel
 from .timeseries import ForecastDataset, ForecastTraining
 from .timeseries import cli as timeseries_cli
@@ -92,7 +91,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             info[name]["time_averaged_A"] = m.sde.time_averaged_A().tolist()
         for steps in cfg.evaluate.steps:
             metrics, x, p = evaluate(m, test, steps, cfg.evaluate.method, cfg.evaluate.solver, seed=cfg.seed)
-            rows.append({"model": name, "nfe": evaluations(steps, cfg.evaluate.solver), **metrics})
+            rows.append({"model": name, "nfe": m.last_nfe, **metrics})
             samples[name] = x
             if steps == cfg.evaluate.plot_steps:
                 paths[name] = p

@@ -72,7 +72,7 @@ __all__ = ["FIDOptions", "ImageOptions", "SAMPLERS", "Session", "evaluate", "gen
 
 CHECKPOINT, GRID, METRICS, GRIDS, SCORES = "checkpoint.pt", "samples.png", "metrics.csv", "grids", "fid.json"
 NETWORKS = ("auto", "ddpm", "tiny")
-SAMPLERS = ("sde", "ode", "gddim")
+SAMPLERS = ("em", "ode", "gddim")
 _FORWARD = 1 << 30  # the seed stream of the forward updates, apart from the steps'
 
 
@@ -114,7 +114,7 @@ class ImageOptions:
     sample_images: int = 100_000
     grid: int = 64
     grid_steps: int = 100
-    grid_method: str = "sde"
+    grid_method: str = "em"
     shared_noise: bool = False
     tensorboard: bool = False
 
@@ -136,7 +136,7 @@ class FIDOptions:
         checkpoint: the checkpoint to score; ``None``: ``checkpoint.pt`` of the run directory.
         samples: generated images per sampler and step count (the literature's FID: 50,000), split over the ranks.
         batch: images generated at once on each rank.
-        methods: samplers (:func:`sample`: ``sde`` Euler-Maruyama on the reverse SDE, ``ode`` the probability flow,
+        methods: samplers (:func:`sample`: ``em`` Euler-Maruyama on the reverse SDE, ``ode`` the probability flow,
             ``gddim`` the exponential integrator).
         steps: step counts (one NFE sweep point each).
         extractor: ``"inception"`` (the TF-FID Inception-v3, FID proper), ``"classifier"`` (the digits
@@ -151,7 +151,7 @@ class FIDOptions:
     checkpoint: str | None = None
     samples: int = 50_000
     batch: int = 250
-    methods: list[str] = field(default_factory=lambda: ["sde", "ode", "gddim"])
+    methods: list[str] = field(default_factory=lambda: ["em", "ode", "gddim"])
     steps: list[int] = field(default_factory=lambda: [200])
     extractor: str = "auto"
     inception: str | None = None
@@ -291,7 +291,7 @@ class _ImageLoss:
         x = self.transform.to_model(levels)
         if self.hflip:
             x = random_hflip(x)
-        return self.model.loss(x.flatten(1), self.network), {}
+        return self.model.loss(x.flatten(1), network=self.network), {}
 
     def _shared(self, iteration: int, levels: Tensor) -> Tensor:
         """The loss with this rank's rows of noise drawn for the whole global batch from ``(seed, step)``."""
@@ -306,7 +306,7 @@ class _ImageLoss:
         x = self.transform.to_model(levels, noise=noise)
         if self.hflip:
             x = random_hflip(x, flip=flip)
-        return self.model.loss(x.flatten(1), self.network, t=t, eps=eps)
+        return self.model.loss(x.flatten(1), network=self.network, t=t, eps=eps)
 
 
 class _ScalarLog:
@@ -365,11 +365,11 @@ def save_grid(images: Tensor, path: str | os.PathLike, columns: int | None = Non
 
 
 @torch.no_grad()
-def sample(model: ScoreModel, n: int, steps: int, method: str = "sde", seed: int | None = None) -> Tensor:
+def sample(model: ScoreModel, n: int, steps: int, method: str = "em", seed: int | None = None) -> Tensor:
     """``n`` samples ``(n, dim)`` of the model's averaged network from the prior ``N(0, I)`` by ``steps`` steps of a
     sampler that integrates the model's own forward process (VSDM's learned ``A_t`` included):
 
-    * ``"sde"``: Euler-Maruyama on the reverse SDE (the VSDM paper's sampler, 200 steps);
+    * ``"em"``: Euler-Maruyama on the reverse SDE (the VSDM paper's sampler, 200 steps);
     * ``"ode"``: Euler on the probability-flow ODE;
     * ``"gddim"``: gDDIM's deterministic exponential integrator of order 1 on its quadratic time grid
       (:func:`~sde_control.generative.gddim.gddim_sample`; for a process diagonal in a basis its closed form per
@@ -377,8 +377,8 @@ def sample(model: ScoreModel, n: int, steps: int, method: str = "sde", seed: int
 
     Each uses one score evaluation per step.
     """
-    if method in ("sde", "ode"):
-        return model.sample(n, steps, method=method, seed=seed)
+    if method in ("em", "ode"):
+        return model.sample(n, steps, method=method, grid="uniform", seed=seed)
     if method != "gddim":
         raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
     generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)

@@ -59,11 +59,12 @@ from sde_control.sdes import VP
 from sde_control.specs import spec_of
 from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
-from .data import validate
+from .data import Images
 from .diagonal import DiagonalVSDMForward, backward_statistics, diagonal_objective
 from .forward import TimeDependentVSDMForward, VSDMForward
+from .model import BatchSource, DequantisedImages
 from .sampling import reverse_paths
-from .score_model import BatchSource, ScoreModel, ScoreTraining
+from .score_model import ScoreModel, ScoreTraining
 
 
 @dataclass
@@ -160,7 +161,7 @@ class VSDM(ScoreModel):
                           width=c["width"], depth=c["depth"], t_min=self.t_min, ema_decay=c["ema_decay"])
 
     # ------------------------------------------------------------------ training
-    def fit(self, x: Tensor | BatchSource, iterations: int = 10_000, batch_size: int = 512, *,
+    def fit(self, x: Tensor | BatchSource | Images, iterations: int = 10_000, batch_size: int = 512, *,
             checkpoint: str | os.PathLike | None = None, resume: bool = True, owner: Checkpointable | None = None,
             **options: Any) -> list[dict[str, Any]]:
         """Alternate score fitting and forward updates (module docstring): ``iterations`` score-network steps on
@@ -178,23 +179,25 @@ class VSDM(ScoreModel):
         :meth:`prior_kl` (``None`` for a :class:`~.score_model.BatchSource`), and the last forward objective value.
         """
         config = config_from(VSDMTraining, dict(iterations=iterations, batch_size=batch_size, **options))
-        source = x if not isinstance(x, Tensor) and hasattr(x, "sample") else None
-        if source is None:
-            x = validate(x, dim=self.dim).to(self.device)
-        elif isinstance(self.sde, DiagonalVSDMForward):
-            raise ValueError("a BatchSource (conditional training) needs the matrix forward process, not basis=")
         owner = self if owner is None else owner
         if checkpoint is not None and resume:
             owner.resume_from(checkpoint, config)
+        data = self._training_data(x)
+        source = None if isinstance(data, Tensor) else data
+        if source is not None and isinstance(self.sde, DiagonalVSDMForward):
+            raise ValueError("a BatchSource (conditional training) needs the matrix forward process, not basis=")
+        moments = data if source is None else None  # the data whose moments give the records' prior KL
+        if isinstance(source, DequantisedImages):  # images: the cells' centres (conditional sources have none)
+            moments = source.transform.to_model(source.images, dequantise=False)
         self.training_config = config
         stages = config.stages
         for stage in range(self.stage, stages):
             decay = config.lr_final ** (stage / stages)
-            self.trainer.fit(self._batch_loss(x, config.batch_size),
+            self.trainer.fit(self._batch_loss(data, config),
                              config.loop(iterations=config.iterations // stages, lr=config.lr * decay, lr_final=1.0),
                              description=f"VSDM stage {stage + 1}/{stages}")
             record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(),
-                      "prior_kl": None if source is not None else self.prior_kl(x)}
+                      "prior_kl": None if moments is None else self.prior_kl(moments)}
             if stage < stages - 1 and config.forward_iterations > 0:
                 record["forward_objective"] = self.update_forward(config, stage, source)
             self.stages.append(record)
@@ -233,7 +236,7 @@ class VSDM(ScoreModel):
                 return self.score(x, t, condition)
 
         x_T = torch.randn(paths, self.dim, device=self.device)
-        states = reverse_paths(sde, score, x_T, steps, self.t_min, method="sde")
+        states = reverse_paths(sde, score, x_T, steps, self.t_min, method="em")
         times = torch.linspace(sde.T, self.t_min, steps + 1, dtype=torch.float64)
         scores = torch.stack([score(states[k], times[k]) for k in range(steps + 1)]).double()
         X = channel_rows(states.double(), sde.K)

@@ -311,11 +311,11 @@ class Forecaster(Checkpointable):
 
     # ------------------------------------------------------------------ forecasting
     @torch.no_grad()
-    def forecast(self, context: ArrayLike, num_samples: int = 100, *, steps: int = 100, method: str = "sde",
+    def forecast(self, context: ArrayLike, num_samples: int = 100, *, steps: int = 100, method: str = "em",
                  seed: int | None = None) -> Tensor:
         """Sample paths ``(B, num_samples, P, D)`` of the windows following contexts ``(B, C', D)``, in the
-        original units: ``steps`` steps of the reverse SDE (``method="sde"``) or of the probability-flow ODE
-        (``"ode"``) from the prior, given each context. ``C'`` may exceed ``context_length``: the last
+        original units: ``steps`` Euler-Maruyama steps of the reverse SDE (``method="em"``) or Euler steps of the
+        probability-flow ODE (``"ode"``) on the uniform grid from the prior, given each context. ``C'`` may exceed ``context_length``: the last
         ``context_length`` steps are used. ``seed`` fixes the draws."""
         context = torch.as_tensor(context, dtype=torch.float32, device=self.device)
         if context.ndim != 3 or context.shape[2] != self.dim:
@@ -334,7 +334,7 @@ class Forecaster(Checkpointable):
         context = context[:, -self.context_length:]
         B, S, P = context.shape[0], num_samples, self.prediction_length
         y_context, _, frame = self.scaling.to_model(context)
-        states = self.model.sample(B * S, steps, method=method, seed=seed,
+        states = self.model.sample(B * S, steps, method=method, grid="uniform", seed=seed,
                                    condition=y_context.repeat_interleave(S, dim=0))
         return self.scaling.to_data(from_state(states, P).reshape(B, S, P, self.dim), frame)
 

@@ -36,7 +36,7 @@ def compose_config(*overrides):
 
 
 def test_a_finished_run_is_reused(tmp_path):
-    cfg = compose_config("model=vp", "evaluate.method=sde", "data.n=600")
+    cfg = compose_config("model=vp", "evaluate.method=em", "data.n=600")
     first = run(cfg, tmp_path)
     with pytest.warns(UserWarning, match="nothing to train"):
         again = run(cfg, tmp_path)

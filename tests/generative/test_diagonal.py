@@ -198,7 +198,7 @@ def test_every_sampler_integrates_the_learned_A_t():
     n = 4000
     # The reverse drift expands the long axis at rate beta (1/2 - lambda) <= 10: Euler-Maruyama needs fine steps,
     # Heun's second order far fewer.
-    for method, steps, solver in (("sde", 600, "euler"), ("ode", 100, "heun"), ("gddim", 100, None)):
+    for method, steps, solver in (("em", 600, "euler"), ("ode", 100, "heun"), ("gddim", 100, None)):
         with torch.no_grad():
             if method == "gddim":  # the exponential integrator integrates the linear part exactly
                 x, wrong = (images.sample(m, n, steps, "gddim", seed=0).double() for m in (model, vp))

@@ -51,10 +51,10 @@ def test_the_image_command_trains_resumes_and_scores(tmp_path):
     assert [name.rsplit("/", 1)[-1] for name in grids] == ["samples-sde-5.png", "samples-ode-5.png",
                                                             "samples-gddim-5.png"]
     scores = run(compose_config("model=vsdm", "task=fid", "fid.samples=32"), tmp_path)["rows"]
-    assert [(r["method"], r["steps"], r["samples"]) for r in scores] == [("sde", 5, 32), ("ode", 5, 32),
+    assert [(r["method"], r["steps"], r["samples"]) for r in scores] == [("em", 5, 32), ("ode", 5, 32),
                                                                           ("gddim", 5, 32), ("held-out data", 0, 360)]
     assert all(r["fid"] >= 0 and "random-features" in r["implementation"] for r in scores)
-    assert (tmp_path / "fid.json").is_file() and "| sde | 5 |" in (tmp_path / "fid.md").read_text()
+    assert (tmp_path / "fid.json").is_file() and "| em | 5 |" in (tmp_path / "fid.md").read_text()
 
 
 def test_bad_image_settings_are_named(tmp_path):
