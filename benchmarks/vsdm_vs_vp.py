@@ -77,7 +77,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         result["time_averaged_A"] = model.sde.time_averaged_A().tolist()
     started = time.perf_counter()
     for steps, method in itertools.product(STEPS, ("ode", "em")):
-        result[f"{method}{steps}"] = evaluate(model, test, steps, method, seed=cell["seed"])[0]
+        result[f"{method}{steps}"] = evaluate(model, test, steps, method=method, grid="uniform", seed=cell["seed"])[0]
     result["eval_time_s"] = time.perf_counter() - started
     return result
 

@@ -65,13 +65,13 @@ from .gddim import gddim_sample, time_grid
 from .networks.unet import UNet
 from .score_matching import sample_times
 from .score_model import ScoreModel, ScoreTraining
-from .vsdm import VSDM, VSDM_ONLY, VSDMTraining
+from .vsdm import VSDM, equal_budget_config
 
 __all__ = ["FIDOptions", "ImageOptions", "SAMPLERS", "Session", "evaluate", "generate", "image_network",
            "resolve_precision", "sample", "save_grid", "session", "step_seed", "train", "training_config"]
 
 CHECKPOINT, GRID, METRICS, GRIDS, SCORES = "checkpoint.pt", "samples.png", "metrics.csv", "grids", "fid.json"
-NETWORKS = ("auto", "ddpm", "tiny")
+NETWORKS = ("auto", "ddpm", "tiny", "mlp")
 SAMPLERS = ("em", "ode", "gddim")
 _FORWARD = 1 << 30  # the seed stream of the forward updates, apart from the steps'
 
@@ -82,7 +82,8 @@ class ImageOptions:
 
     Args:
         network: the U-Net: ``"ddpm"`` (Ho et al.'s CIFAR-10 network, :meth:`UNet.ddpm`), ``"tiny"`` (a CPU size),
-            ``"auto"`` (ddpm for image sides of 16 and more, else tiny).
+            ``"auto"`` (ddpm for image sides of 16 and more, else tiny); ``"mlp"`` makes the command line fit the
+            images as vectors with a Fourier-feature MLP instead (:func:`sde_control.generative.cli.as_vectors`).
         network_options: overrides of the U-Net's arguments (``channels``, ``dropout``, ...).
         basis: VSDM's ``A_t`` is diagonal in it: ``"dct"`` or ``"pixel"`` (:mod:`sde_control.generative.diagonal`).
         stage_iterations: score steps per VSDM stage (``train.stages = train.iterations / stage_iterations``);
@@ -247,6 +248,8 @@ def image_network(image_shape: tuple[int, int, int], kind: str = "auto", **optio
     """The U-Net for images of ``image_shape`` (:class:`ImageOptions`'s ``network`` and ``network_options``)."""
     if kind not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, got {kind!r}")
+    if kind == "mlp":
+        raise ValueError("network='mlp' fits images as vectors (the command line's vector path), not with a U-Net")
     if kind == "auto":
         kind = "ddpm" if min(image_shape[1:]) >= 16 else "tiny"
     return (UNet.ddpm if kind == "ddpm" else UNet.tiny)(image_shape, **options)
@@ -262,11 +265,7 @@ def training_config(model: ScoreModel, options: dict[str, Any], stage_iterations
             raise ValueError(f"train.iterations = {options['iterations']} must be a multiple of "
                              f"images.stage_iterations = {stage_iterations}")
         options = {**options, "stages": options["iterations"] // stage_iterations}
-    config = VSDMTraining(**options)
-    if isinstance(model, VSDM):
-        return config
-    fields = {k: v for k, v in config.as_dict().items() if k not in VSDM_ONLY}
-    return model.training_config_class(**{**fields, "lr_every": config.iterations // config.stages})
+    return equal_budget_config(model, **options)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -39,11 +39,11 @@ class MDMTraining(ScoreTraining):
     """:class:`~sde_control.generative.score_model.ScoreTraining` with the ELBO objective, the only one that trains
     the diffusion."""
 
-    objective: str = "elbo"
+    objective: str | None = "elbo"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.objective != "elbo":
+        if self.objective not in (None, "elbo"):
             raise ValueError(f"MDM learns its diffusion by the ELBO: objective must be 'elbo', got {self.objective!r} "
                              f"(denoising score matching gives the process no gradient; for a fixed process use "
                              f"ScoreModel(dim, sde=...))")
@@ -61,6 +61,7 @@ class MDM(ScoreModel):
     """
 
     training_config_class: ClassVar[type[TrainConfig]] = MDMTraining
+    default_objective: ClassVar[str] = "elbo"
 
     def __init__(self, dim: int, aux: int = 1, *, beta_min: float = 0.1, beta_max: float = 10.0, T: float = 1.0,
                  init_aux_var: float = 0.01, network: nn.Module | None = None, width: int = 128, depth: int = 4,

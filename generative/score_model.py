@@ -46,17 +46,18 @@ class ScoreTraining(GenerativeTraining):
         objective: ``"dsm"``: (hybrid) denoising score matching, ``t`` uniform, weighting ``lambda(t) = S_t``
             (:func:`~sde_control.generative.score_matching.dsm_loss`); ``"elbo"``: the bound on ``-log p(x)`` per
             dimension with importance-sampled time (:func:`~sde_control.generative.likelihood.negative_elbo`), the
-            MDM paper's ``dsm_elbo`` with ``imp_weight_train``: likelihood-weighted score matching.
+            MDM paper's ``dsm_elbo`` with ``imp_weight_train``: likelihood-weighted score matching. ``None``: the
+            model's own (``default_objective``: DSM for a fixed process, the ELBO for :class:`~.mdm.MDM`).
         proposal_every: with ``"elbo"``, steps between rebuilds of the time proposal from the current forward
             process (it only changes when the process is learned).
     """
 
-    objective: str = "dsm"
+    objective: str | None = None
     proposal_every: int = 100
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.objective not in OBJECTIVES:
+        if self.objective is not None and self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not isinstance(self.proposal_every, int) or self.proposal_every < 1:
             raise ValueError(f"proposal_every must be a positive int, got {self.proposal_every!r}")
@@ -83,6 +84,7 @@ class ScoreModel(GenerativeModel):
     """
 
     training_config_class: ClassVar[type[TrainConfig]] = ScoreTraining
+    default_objective: ClassVar[str] = "dsm"
 
     def __init__(self, dim: int, sde: LinearSDE | None = None, network: nn.Module | None = None, *,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99):
@@ -140,7 +142,7 @@ class ScoreModel(GenerativeModel):
     def _batch_loss(self, data: Tensor | BatchSource, config: TrainConfig) -> LossFn:
         """The loss of ``config.objective`` on a fresh batch per step; the ELBO's time proposal is rebuilt every
         ``config.proposal_every`` steps from the process being trained."""
-        objective = getattr(config, "objective", "dsm")
+        objective = getattr(config, "objective", None) or self.default_objective
         every = getattr(config, "proposal_every", 100)
         proposal: TimeProposal | None = None
         network = self._training_network

@@ -46,6 +46,7 @@ schedule.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 from .data import Images
 from .diagonal import DiagonalVSDMForward, backward_statistics, diagonal_objective
 from .forward import TimeDependentVSDMForward, VSDMForward
-from .model import BatchSource, DequantisedImages
+from .model import BatchSource, DequantisedImages, GenerativeModel
 from .sampling import reverse_paths
 from .score_model import ScoreModel, ScoreTraining
 
@@ -290,21 +291,22 @@ def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta
     return (weights[:, None] * integrand).sum(0).mean()
 
 
-def fit_equal_budget(model: ScoreModel, x: Tensor, *, checkpoint: str | os.PathLike | None = None,
-                     **options: Any) -> list[dict[str, Any]]:
-    """Train ``model`` with ``options["iterations"]`` score-network steps laid out as ``options["stages"]`` stages
-    (the fields of :class:`VSDMTraining`, with its defaults).
-
-    A :class:`VSDM` trains by its stages; any other :class:`ScoreModel` takes the same number of steps in one run
-    whose stepwise learning-rate decay (``lr_every = iterations / stages``) equals VSDM's stage by stage, and
-    ignores the forward-update options: the equal budget of a comparison.
-    """
+def equal_budget_config(model: GenerativeModel, **options: Any) -> TrainConfig:
+    """The training configuration of ``model`` for ``options`` (the fields of :class:`VSDMTraining`, with its
+    defaults): VSDM keeps them all; any other model (:class:`ScoreModel` on any process, MDM, NDM) drops the options
+    its configuration does not have (stages and forward updates; NDM also the objective) and takes its stepwise
+    learning-rate decays where VSDM's stages end (``lr_every = iterations / stages``): the equal budget of a
+    comparison."""
     config = config_from(VSDMTraining, options)
     if isinstance(model, VSDM):
-        return model.fit(x, checkpoint=checkpoint, **config.as_dict())
-    score_options = {k: v for k, v in config.as_dict().items() if k not in VSDM_ONLY}
-    return model.fit(x, checkpoint=checkpoint, **{**score_options, "lr_every": config.iterations // config.stages})
+        return config
+    known = {field.name for field in dataclasses.fields(model.training_config_class)}
+    own = {k: v for k, v in config.as_dict().items() if k in known}
+    return model.training_config_class(**{**own, "lr_every": config.iterations // config.stages})
 
 
-VSDM_ONLY = {field for field in VSDMTraining.__dataclass_fields__} - set(ScoreTraining.__dataclass_fields__)
-"""The options of :class:`VSDMTraining` that a plain score model does not have (stages and forward updates)."""
+def fit_equal_budget(model: GenerativeModel, x: Tensor | BatchSource | Images, *,
+                     checkpoint: str | os.PathLike | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Train ``model`` with ``options["iterations"]`` network steps laid out as ``options["stages"]`` stages
+    (:func:`equal_budget_config`): VSDM by its stages, any other model in one run with the same learning-rate steps."""
+    return model.fit(x, checkpoint=checkpoint, **equal_budget_config(model, **options).as_dict())

@@ -48,7 +48,7 @@ def test_the_image_command_trains_resumes_and_scores(tmp_path):
         run(compose_config("model=vsdm", "train.iterations=30", "train.lr=1e-3"), tmp_path)
 
     grids = run(compose_config("model=vsdm", "task=sample"), tmp_path)["grids"]
-    assert [name.rsplit("/", 1)[-1] for name in grids] == ["samples-sde-5.png", "samples-ode-5.png",
+    assert [name.rsplit("/", 1)[-1] for name in grids] == ["samples-em-5.png", "samples-ode-5.png",
                                                             "samples-gddim-5.png"]
     scores = run(compose_config("model=vsdm", "task=fid", "fid.samples=32"), tmp_path)["rows"]
     assert [(r["method"], r["steps"], r["samples"]) for r in scores] == [("em", 5, 32), ("ode", 5, 32),
