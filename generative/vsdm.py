@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from sde_control.checkpoints import Checkpointable
-from sde_control.sdes import VP
+from sde_control.sdes import VP, blockwise
 from sde_control.specs import spec_of
 from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
@@ -66,6 +66,8 @@ from .forward import TimeDependentVSDMForward, VSDMForward
 from .model import BatchSource, DequantisedImages, GenerativeModel
 from .sampling import reverse_paths
 from .score_model import ScoreModel, ScoreTraining
+
+DIVERGENCES = ("stein", "exact")
 
 
 @dataclass
@@ -117,6 +119,10 @@ class VSDM(ScoreModel):
         image_shape: ``(C, H, W)`` with ``C H W = dim``, for the DCT basis.
         beta_min, beta_max, T: the VP schedule the forward process starts from (the paper: 0.1, 10, 1).
         zeta: weight of the divergence term of the forward objective (module docstring).
+        divergence: how the divergence term is evaluated: ``"stein"`` (by Stein's identity under the forward
+            marginals with the fitted score, so that score errors enter both halves of the gradient alike; the
+            default for the full matrix) or ``"exact"`` (``tr A_t``, exact for the exact score only; the reference
+            code's, and the one of a basis).
         network, width, depth, t_min, ema_decay: of the score model (:class:`ScoreModel`).
         forward_ema_decay: of the forward matrices' average.
     """
@@ -124,7 +130,8 @@ class VSDM(ScoreModel):
     training_config_class = VSDMTraining
 
     def __init__(self, dim: int, *, time_dependent: bool = True, knots: int = 3, beta_min: float = 0.1,
-                 beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, network: nn.Module | None = None,
+                 beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, divergence: str | None = None,
+                 network: nn.Module | None = None,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99,
                  forward_ema_decay: float | None = 0.9, basis: str | None = None,
                  image_shape: Sequence[int] | None = None, blocks: int | None = None):
@@ -139,7 +146,13 @@ class VSDM(ScoreModel):
             forward = VSDMForward(dim if blocks is None else blocks, beta_min, beta_max, T)
         # Every rank takes the same forward steps from statistics reduced over the ranks: no gradient averaging.
         self.forward_trainer = Trainer(forward, ema_decay=forward_ema_decay, distribute=False)
-        self.zeta = float(zeta)
+        divergence = ("exact" if basis is not None else "stein") if divergence is None else divergence
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        if divergence == "stein" and basis is not None:
+            raise ValueError("the Stein divergence is implemented for the full matrix A_t; with a basis use "
+                             "divergence='exact' (or None)")
+        self.zeta, self.divergence = float(zeta), divergence
         self.stage = 0
         self.stages: list[dict[str, Any]] = []
         self._untrained_network = copy.deepcopy(network)  # for vp_baseline
@@ -184,12 +197,12 @@ class VSDM(ScoreModel):
         if checkpoint is not None and resume:
             owner.resume_from(checkpoint, config)
         data = self._training_data(x)
-        source = None if isinstance(data, Tensor) else data
-        if source is not None and isinstance(self.sde, DiagonalVSDMForward):
+        caller_source = not isinstance(data, (Tensor, DequantisedImages))  # batches drawn by the caller's code
+        if caller_source and isinstance(self.sde, DiagonalVSDMForward):
             raise ValueError("a BatchSource (conditional training) needs the matrix forward process, not basis=")
-        moments = data if source is None else None  # the data whose moments give the records' prior KL
-        if isinstance(source, DequantisedImages):  # images: the cells' centres (conditional sources have none)
-            moments = source.transform.to_model(source.images, dequantise=False)
+        moments = None if caller_source else data  # the data whose moments give the records' prior KL
+        if isinstance(data, DequantisedImages):  # images: the cells' centres
+            moments = data.transform.to_model(data.images, dequantise=False)
         self.training_config = config
         stages = config.stages
         for stage in range(self.stage, stages):
@@ -200,16 +213,17 @@ class VSDM(ScoreModel):
             record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(),
                       "prior_kl": None if moments is None else self.prior_kl(moments)}
             if stage < stages - 1 and config.forward_iterations > 0:
-                record["forward_objective"] = self.update_forward(config, stage, source)
+                record["forward_objective"] = self.update_forward(config, stage, data)
             self.stages.append(record)
             self.stage = stage + 1
             if checkpoint is not None:
                 owner.save(checkpoint)
         return self.stages
 
-    def update_forward(self, config: VSDMTraining, stage: int, source: BatchSource | None = None) -> float:
+    def update_forward(self, config: VSDMTraining, stage: int, data: Tensor | BatchSource | None = None) -> float:
         """The forward update that ends stage ``stage`` (counted from 0) of ``config``: ``forward_iterations`` Adam
-        steps on the objective of fresh backward paths (given fresh conditions of ``source``, where it has them), at
+        steps on the objective of fresh backward paths (given fresh conditions of ``data``, where it is a source of
+        conditional batches) and, for the Stein divergence, fresh forward draws of ``data``, at
         ``forward_lr`` decayed as the stage's score learning rate; returns the last objective value. With ``basis``
         and under ``torch.distributed`` the ranks share the ``paths`` and their statistics
         (:func:`~sde_control.generative.diagonal.backward_statistics`)."""
@@ -217,7 +231,7 @@ class VSDM(ScoreModel):
         forward = TrainConfig(iterations=config.forward_iterations, lr=config.forward_lr * decay, weight_decay=0.0,
                               grad_clip=None, lr_final=1.0, progress=False)
         history = self.forward_trainer.fit(
-            self._forward_objective(config.paths, config.path_steps, config.forward_batch, source), forward)
+            self._forward_objective(config.paths, config.path_steps, config.forward_batch, data), forward)
         return history[-1]["loss"]
 
     @torch.no_grad()
@@ -246,20 +260,42 @@ class VSDM(ScoreModel):
         dt[[0, -1]] /= 2
         return X, V, times, sde.beta(times) * dt
 
-    def _forward_objective(self, paths: int, steps: int, batch: int | None, source: BatchSource | None = None
-                           ) -> LossFn:
+    @torch.no_grad()
+    def _stein_statistics(self, data: Tensor | BatchSource, n: int, times: Tensor) -> Tensor:
+        """``E[s(x, t) x^T]`` (N+1, K, K, float64) under the forward marginals at ``times``, over the rows of path and
+        channel (module docstring): ``n`` draws of ``data`` (with their conditions, where it has them) pushed through
+        the exact transitions, scored by the averaged network (module docstring, "Stein")."""
+        x0, condition = self._draw(data, n)
+        x0 = x0.double()
+        psi, cov = (m.to(x0.device) for m in self.sde.marginal_matrices(times))
+        chol = torch.linalg.cholesky(cov)
+        out = []
+        for k in range(times.numel()):
+            x = blockwise(psi[k], x0) + blockwise(chol[k], torch.randn_like(x0))
+            s = self.score(x.float(), times[k], condition).double()
+            x, s = channel_rows(x[None], self.sde.K)[0], channel_rows(s[None], self.sde.K)[0]
+            out.append(s.T @ x / x.shape[0])
+        return torch.stack(out)
+
+    def _forward_objective(self, paths: int, steps: int, batch: int | None,
+                           data: Tensor | BatchSource | None = None) -> LossFn:
         """:func:`variational_objective` on batches of ``batch`` (``None``: all) rows of ``paths`` fresh backward
-        paths (conditional on ``source``'s conditions, where it has them; with ``basis``: its closed form in the
-        paths' statistics, :mod:`~sde_control.generative.diagonal`)."""
+        paths (conditional on the conditions of a caller's source ``data``, where it has them), with the divergence
+        term by Stein's identity on ``paths`` fresh forward draws of ``data`` (``divergence="stein"``); with
+        ``basis``: its closed form in the paths' statistics (:mod:`~sde_control.generative.diagonal`)."""
         if isinstance(self.sde, DiagonalVSDMForward):
             return diagonal_objective(self.forward_trainer.module, self.zeta,
                                       backward_statistics(self.sde, self.score, paths, steps, self.t_min))
+        if self.divergence == "stein" and data is None:
+            raise ValueError("the Stein divergence draws forward states from the training data: pass data")
+        source = None if data is None or isinstance(data, (Tensor, DequantisedImages)) else data
         X, V, times, weights = self._backward_statistics(paths, steps, source)
+        stein = self._stein_statistics(data, paths, times) if self.divergence == "stein" else None
         forward = self.forward_trainer.module
 
         def objective(iteration: int) -> tuple[Tensor, dict[str, float]]:
             rows = slice(None) if batch is None else torch.randint(0, X.shape[1], (batch,))
-            return variational_objective(forward.A(times), X[:, rows], V[:, rows], weights, self.zeta), {}
+            return variational_objective(forward.A(times), X[:, rows], V[:, rows], weights, self.zeta, stein), {}
 
         return objective
 
@@ -281,13 +317,16 @@ def channel_rows(states: Tensor, K: int) -> Tensor:
     return states.reshape(N, n, K, width // K).transpose(-1, -2).reshape(N, n * (width // K), K)
 
 
-def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta: float) -> Tensor:
-    r"""``J(A) = mean_p sum_k w_k (|A_k x|^2 / 2 + A_k x . v + zeta tr A_k)`` (the module docstring's objective
-    divided by ``g^2``, with ``w_k = g^2(t_k) dt_k``) for ``A`` (N+1, d, d), states ``X`` and ``V = z_b / g``
-    (N+1, P, d) and weights (N+1,)."""
+def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta: float,
+                          stein: Tensor | None = None) -> Tensor:
+    r"""``J(A) = mean_p sum_k w_k (|A_k x|^2 / 2 + A_k x . v + zeta div_k)`` (the module docstring's objective divided
+    by ``g^2``, with ``w_k = g^2(t_k) dt_k``) for ``A`` (N+1, K, K), states ``X`` and ``V = z_b / g`` (N+1, P, K)
+    and weights (N+1,). The divergence term ``div_k`` is ``tr A_k``, or with ``stein = E_fwd[s x^T]`` (N+1, K, K)
+    its Stein estimate ``-E_fwd[(A_k x) . s] = -sum_ij (A_k)_ij E[s_i x_j]`` (equal to ``tr A_k`` for the exact
+    score)."""
     Ax = torch.einsum("kij,kpj->kpi", A, X)
-    trace = A.diagonal(dim1=-2, dim2=-1).sum(-1)
-    integrand = 0.5 * Ax.square().sum(-1) + (Ax * V).sum(-1) + zeta * trace[:, None]
+    divergence = A.diagonal(dim1=-2, dim2=-1).sum(-1) if stein is None else -(A * stein).sum((-1, -2))
+    integrand = 0.5 * Ax.square().sum(-1) + (Ax * V).sum(-1) + zeta * divergence[:, None]
     return (weights[:, None] * integrand).sum(0).mean()
 
 
