@@ -25,6 +25,17 @@ simulation-free. Training alternates, for ``stages`` stages:
     time-dependent ``A_t`` sends their effect mostly to its knot at ``t = 0``, while a single ``A`` carries them
     into the whole process. That, and the benchmark (``benchmarks/VSDM.md``), is why ``A_t`` is the default.
 
+    **Stein.** The identity ``E[s x^T] = -I`` holds for the exact score only. With the fitted score ``s_theta`` the
+    gradient ``E_bwd[g^2 s_theta x^T] + g^2 I`` also carries the score's own error, ``E_fwd[s_theta x^T] + I``, which
+    does not vanish where the forward process already reaches the prior, and the update then moves ``A`` by it:
+    on data whose VP terminal law is already at the prior (``benchmarks/VSDM.md``, rings: KL 0.0003) the forward
+    updates pushed it away (KL 0.009; ``A`` about ``+0.06 I``) and the samples got worse. ``divergence="stein"``
+    (the default for the full matrix) evaluates the divergence term by Stein's identity under the forward marginals
+    with the same fitted score, ``E_fwd[div(A x)] = -E_fwd[(A x) . s_theta]`` on fresh forward draws of the data at the
+    paths' times, so the gradient becomes ``E int g^2 (E_bwd[s_theta x^T] - E_fwd[s_theta x^T])``: zero whenever the
+    backward states are distributed as the forward marginals, whatever the score's error (a test), and the same
+    objective as before for the exact score. ``divergence="exact"`` keeps ``tr A_t``.
+
 The forward process starts at plain VP (``A = 0``), so stage 1's score model is the VP baseline's.
 
 **Blocks and conditions.** With ``blocks = K < d`` the matrices are ``K x K`` and act on ``K`` blocks of ``m = d / K``
@@ -34,7 +45,8 @@ steps, so the transitions cost ``O(D^3)`` per time whatever ``P``. The divergenc
 objective is evaluated with each of the ``m`` channels of a path as a row of its own, which gives ``J / m`` (the
 same minimiser). Trained on a :class:`~.score_model.BatchSource` of ``(x0, condition)`` pairs, the score is
 conditional, and the backward paths of (b) are drawn conditionally: each path from ``N(0, I)`` under the score
-given the condition of a fresh draw of the source. Both networks
+given the condition of a fresh draw of the source (and the Stein divergence scores forward draws given their own
+conditions; its statistic ``E[s x^T]`` is ``K x K``, over the rows of path and channel). Both networks
 keep an exponential moving average; the averaged forward process is the one the score is fitted on, the one the
 backward paths of (b) use, and the one :meth:`VSDM.sample` integrates: one forward process for training and
 sampling. The last stage ends with (a), so the final score belongs to the final forward process. Learning

@@ -66,6 +66,15 @@ def test_digits_as_vectors(tmp_path):
     assert (tmp_path / "samples.png").read_bytes().startswith(PNG) and (tmp_path / "digit_classifier.pt").is_file()
 
 
+def test_images_as_vectors_on_request(tmp_path):
+    """VP on the digits takes the U-Net path unless images.network=mlp asks for vectors (the models with auxiliary
+    variables, MDM and NDM always take vectors: the U-Net predicts the image alone)."""
+    results = run(compose_config("model=vp", "data=digits", "images.network=mlp"), tmp_path)
+    assert results["models"]["VP"]["bits_per_dim"] > 0 and results["rows"][0]["nfe"] == 4
+    with pytest.raises(ValueError, match="task=sample samples or scores image runs of the U-Net path"):
+        run(compose_config("model=cld", "data=digits", "task=sample"), tmp_path)
+
+
 def test_a_finished_run_is_reused(tmp_path):
     cfg = compose_config("model=vp", "sample.method=em", "data.n=600")
     first = run(cfg, tmp_path)
