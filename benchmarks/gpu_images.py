@@ -71,7 +71,7 @@ def throughput(device: torch.device, smoke: bool) -> list[list[str]]:
         transform, loss_net = ImageTransform(256), model.trainer.training_module
 
         def loss(iteration):
-            return model.loss(transform.to_model(levels).flatten(1), loss_net), {}
+            return model.loss(transform.to_model(levels).flatten(1), network=loss_net), {}
 
         config = TrainConfig(iterations=warm + timed, batch_size=batch, lr=2e-4, lr_final=1.0, progress=False,
                              precision=precision)
