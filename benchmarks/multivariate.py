@@ -51,7 +51,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, mean_std, run_cells, write_section  # noqa: E402
 
-from sde_control.generative import ALDA, CLD, MALDA, MDM, NDM, VP, VSDM, ScoreModel, data, fit_equal_budget  # noqa: E402
+from sde_control.generative import (ALDA, CLD, MALDA, MDM, NDM, VP, VSDM, ScoreModel, data,  # noqa: E402
+                                    fit_equal_budget)
 from sde_control.generative.evaluation import classifier_frechet_distance, digit_classifier  # noqa: E402
 from sde_control.generative.model import GenerativeModel  # noqa: E402
 from sde_control.generative.plotting import plot_image_grids  # noqa: E402
@@ -61,7 +62,8 @@ HERE = Path(__file__).resolve().parent
 TABLE = HERE / "MULTIVARIATE.md"
 MODELS = {"vp": "VP", "cld": "CLD", "alda": "ALDA", "malda": "MALDA", "mdm": "MDM (learned, aux = 1)", "ndm": "NDM",
           "vsdm": "VSDM (A_t)"}
-PAPER_MNIST = {"vp": "1.089", "cld": "0.920", "mdm": "0.960", "alda": "2.061 (unverified)", "malda": "0.507 (unverified)"}
+PAPER_MNIST = {"vp": "1.089", "cld": "0.920", "mdm": "0.960", "alda": "2.061 (unverified)",
+               "malda": "0.507 (unverified)"}
 """The MDM paper's bits/dim on MNIST (same network for all; ALDA's and MALDA's treated as unverified)."""
 SAMPLERS = {"gddim1": ("gDDIM, order 1", dict(method="gddim", order=1)),
             "gddim2": ("gDDIM, order 2", dict(method="gddim", order=2)),
@@ -202,7 +204,8 @@ def nfe_table(results: list[dict[str, Any]], kind: str, budget: dict[str, Any], 
                                                      for k in nfes)])
         ref = next((r for r in results if r["model"] == model and r["sampler"] == "rk45"), None)
         if ref is not None:
-            rows.append([MODELS[model], f"ODE, RK45 (reference, NFE {ref['nfe']})", *[f"{ref['metric']:.3g}"] * len(nfes)])
+            rows.append([MODELS[model], f"ODE, RK45 (reference, NFE {ref['nfe']})",
+                         *[f"{ref['metric']:.3g}"] * len(nfes)])
     floor = f"{nfe_floor(kind, budget, out):.3g}"
     rows.append(["-", "noise floor (exact against exact)", *[floor] * len(nfes)])
     return markdown_table(["process", f"sampler ({metric} at NFE)", *map(str, nfes)], rows)
@@ -213,19 +216,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=("likelihood", "nfe"))
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"likelihood: comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"likelihood: comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--data", choices=("points", "digits"), default="points", help="nfe: the data")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"nfe: comma-separated, of {', '.join(SAMPLERS)} "
+    parser.add_argument("--samplers", default=",".join(SAMPLERS),
+                        help=f"nfe: comma-separated, of {', '.join(SAMPLERS)} "
                         "(the RK45 reference always runs)")
     parser.add_argument("--seeds", type=int, default=None, help="likelihood: seeds 0..n-1 (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at a time (one process each)")
-    parser.add_argument("--out", type=Path, default=None, help="cells (default benchmarks/results/multivariate/<budget>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="cells (default benchmarks/results/multivariate/<budget>)")
     parser.add_argument("--table", type=Path, default=TABLE)
     args = parser.parse_args()
     budget = dict(BUDGETS[args.budget])
     budget["seeds"] = args.seeds or budget["seeds"]
     out = args.out or HERE / "results" / "multivariate" / args.budget
-    command = "OMP_NUM_THREADS=1 python benchmarks/multivariate.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+    command = ("OMP_NUM_THREADS=1 python benchmarks/multivariate.py"
+               + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:]))
     header = f"Made by `{command}` (budget `{args.budget}`: {budget}). Machine: {machine()}."
     if args.part == "likelihood":
         models = args.models.split(",")
@@ -233,7 +240,8 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown models {', '.join(unknown)}; choose from {', '.join(MODELS)}")
         cells = [dict(id=f"likelihood-{m}-{s}", budget=args.budget, model=m, seed=s,
-                      checkpoint=str(out / f"likelihood-{m}-{s}.pt")) for m, s in itertools.product(models, range(budget["seeds"]))]
+                      checkpoint=str(out / f"likelihood-{m}-{s}.pt"))
+                 for m, s in itertools.product(models, range(budget["seeds"]))]
         results = run_cells(cells, likelihood_cell, out, args.jobs)
         text = "\n\n".join([header, likelihood_table(results, models)])
         write_grid(out, models, args.table.with_name("multivariate_digits.png"))
@@ -251,7 +259,8 @@ def main() -> None:
             missing = [c["checkpoint"] for c in cells if not Path(c["checkpoint"]).is_file()]
             if missing:
                 parser.error(f"the digits' NFE table samples the likelihood cells' models: run `multivariate.py "
-                             f"likelihood --models vp,cld --seeds 1 --budget {args.budget}` first (missing: {missing[0]})")
+                             f"likelihood --models vp,cld --seeds 1 --budget {args.budget}` first "
+                             f"(missing: {missing[0]})")
         results = run_cells(cells, nfe_cell, out, 1 if args.data == "points" else args.jobs)
         text = "\n\n".join([header, nfe_table(results, args.data, budget, out)])
         write_section(f"nfe-{args.data}", text, args.table)

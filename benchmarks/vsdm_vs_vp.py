@@ -1,5 +1,5 @@
-"""VSDM against VP at equal budget: on the VSDM paper's anisotropic shapes, and on 2-d sets the benchmark never tuned on,
-against the VP of the paper's setting and the VP a practitioner would run (data standardised per dimension).
+"""VSDM against VP at equal budget: on the VSDM paper's anisotropic shapes, and on 2-d sets the benchmark never tuned
+on, against the VP of the paper's setting and the VP a practitioner would run (data standardised per dimension).
 
     OMP_NUM_THREADS=1 python benchmarks/vsdm_vs_vp.py --jobs 2           # the CPU budget (the tables in VSDM.md)
     OMP_NUM_THREADS=1 python benchmarks/vsdm_vs_vp.py --budget smoke     # a seconds-long check of the script
@@ -12,8 +12,8 @@ whatever they show (``UNSEEN``): rings, pinwheel, eight narrow Gaussians, an uns
 to 10 (the paper's setting, ``vp``), the same VP on data standardised per dimension with the training split's mean and
 standard deviation (``vp_std``, samples mapped back: the fair baseline, whose prior KL is that of standardised data),
 and VSDM with a time-dependent ``A_t`` (``vsdm``) or one ``A`` (``vsdm_ti``), started at that VP, its forward
-update's divergence term by Stein's identity (the default), or, as before, by ``tr A`` (``vsdm_trace``). Equal budget: the
-same score network (a Fourier-feature MLP), the same number of its gradient steps, batch and learning-rate schedule
+update's divergence term by Stein's identity (the default), or, as before, by ``tr A`` (``vsdm_trace``). Equal budget:
+the same score network (a Fourier-feature MLP), the same number of its gradient steps, batch and learning-rate schedule
 (:func:`sde_control.generative.fit_equal_budget`); VSDM also spends time on backward paths and forward updates.
 
 Evaluation from the prior at 10, 20 and 50 Euler steps on the quadratic grid (one score evaluation each): the exact
@@ -88,7 +88,8 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     budget = BUDGETS[cell["budget"]]
     torch.manual_seed(cell["seed"])
     generate = DATA[cell["data"]][1]
-    train, test = generate(budget["n"], seed=cell["seed"]), generate(budget["held_out"], seed=HELD_OUT_SEED + cell["seed"])
+    train = generate(budget["n"], seed=cell["seed"])
+    test = generate(budget["held_out"], seed=HELD_OUT_SEED + cell["seed"])
     mean, std = (train.mean(0), train.std(0)) if cell["model"] == "vp_std" else (torch.zeros(2), torch.ones(2))
     train = (train - mean) / std
     model = build(cell["model"], budget)
@@ -138,7 +139,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..n-1 (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at a time (one process each)")
     parser.add_argument("--table", type=Path, default=HERE / "VSDM.md")
-    parser.add_argument("--out", type=Path, default=None, help="cell results (default benchmarks/results/vsdm/<budget>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="cell results (default benchmarks/results/vsdm/<budget>)")
     args = parser.parse_args()
     budget = dict(BUDGETS[args.budget])
     budget["seeds"] = args.seeds or budget["seeds"]

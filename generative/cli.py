@@ -235,7 +235,8 @@ def _score_images(cfg: DictConfig, out_dir: Path, data: Images, session: images.
 def format_table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> str:
     """A markdown table: one row per model and step count."""
     images = "frechet_distance" in rows[0]
-    head = "| model | steps | NFE | " + ("Frechet distance (classifier)" if images else "W2^2 | histogram TV | straightness")
+    metrics = "Frechet distance (classifier)" if images else "W2^2 | histogram TV | straightness"
+    head = "| model | steps | NFE | " + metrics
     lines = [head + " | bits/dim (held out) | prior KL | train s |",
              "|" + " --- |" * (7 if images else 9)]
     for r in rows:

@@ -121,11 +121,11 @@ class GenerativeModel(Checkpointable, abc.ABC):
                 raise TypeError(f"vector models train on images held in memory (an ImageDataset such as digits()), "
                                 f"got a {type(x).__name__}")
             if math.prod(x.shape) != self.dim:
-                raise ValueError(f"images of shape {x.shape} have {math.prod(x.shape)} entries, but the model was built "
-                                 f"for dim={self.dim}")
+                raise ValueError(f"images of shape {x.shape} have {math.prod(x.shape)} entries, but the model was "
+                                 f"built for dim={self.dim}")
             if self.data_transform is not None and self.data_transform != x.transform:
-                raise ValueError(f"the model was trained on images with {self.data_transform.levels} levels, these have "
-                                 f"{x.transform.levels}")
+                raise ValueError(f"the model was trained on images with {self.data_transform.levels} levels, these "
+                                 f"have {x.transform.levels}")
             self.data_transform = x.transform
             return DequantisedImages(x.images, x.transform, self.device)
         if isinstance(x, Tensor) or not hasattr(x, "sample"):

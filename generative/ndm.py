@@ -252,7 +252,8 @@ class NDM(GenerativeModel):
         if condition is not None or options:
             raise ValueError("NDM trains on its NELBO without conditions or options")
         live = self.trainer.module
-        return negative_elbo(live["transform"], live["denoiser"], self.vp, x0, self.t_min, self.proposal).mean() / self.dim
+        bound = negative_elbo(live["transform"], live["denoiser"], self.vp, x0, self.t_min, self.proposal)
+        return bound.mean() / self.dim
 
     def negative_elbo(self, y: Tensor) -> Tensor:
         return negative_elbo(self.transform, self.denoiser, self.vp, y, self.t_min, self.proposal)

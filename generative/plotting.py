@@ -88,7 +88,8 @@ def plot_image_grids(images: Mapping[str, Tensor], path: str | Path, columns: in
     fig = Figure(figsize=(3.2 * len(images), 3.4), dpi=100)
     for i, (name, batch) in enumerate(images.items()):
         if batch.dim() != 4 or batch.dtype != torch.uint8 or batch.shape[1] not in (1, 3):
-            raise ValueError(f"images[{name!r}] must be uint8 (n, 1 or 3, H, W), got {batch.dtype} {tuple(batch.shape)}")
+            raise ValueError(f"images[{name!r}] must be uint8 (n, 1 or 3, H, W), got {batch.dtype} "
+                             f"{tuple(batch.shape)}")
         n, c, h, w = batch.shape
         rows = -(-n // columns)
         grid = torch.zeros(c, rows * (h + 1), columns * (w + 1), dtype=torch.uint8)

@@ -78,9 +78,9 @@ class ScoreModel(GenerativeModel):
         t_min: the smallest noising time trained on, sampled to and decoded at.
         ema_decay: of the network weights' average, which scores and samples use.
 
-    Generation starts from the process's own prior ``N(0, P kron I)`` (:meth:`~sde_control.sdes.LinearSDE.prior_covariance`:
-    its stationary law, or its law at ``T`` from 0, e.g. ``N(0, sigma_max^2 I)`` for VE) on the whole state, and
-    returns the data block.
+    Generation starts from the process's own prior ``N(0, P kron I)``
+    (:meth:`~sde_control.sdes.LinearSDE.prior_covariance`: its stationary law, or its law at ``T`` from 0, e.g.
+    ``N(0, sigma_max^2 I)`` for VE) on the whole state, and returns the data block.
     """
 
     training_config_class: ClassVar[type[TrainConfig]] = ScoreTraining

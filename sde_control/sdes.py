@@ -532,7 +532,8 @@ class MomentODELinearSDE(LinearSDE, nn.Module):
         return interpolate(psi, dpsi), interpolate(sigma, dsigma)
 
     def marginal_matrices(self, t: Tensor, cov0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """From ``t = 0`` the table itself (no interpolation at 0 and no solve, as through :meth:`transition_matrices`)."""
+        """From ``t = 0`` the table itself (no interpolation at 0 and no solve, as through
+        :meth:`transition_matrices`)."""
         t = torch.as_tensor(t, dtype=torch.float64)
         if bool((t < 0).any() or (t > self.T * (1 + 1e-12)).any()):
             raise ValueError(f"marginals need 0 <= t <= T = {self.T}")

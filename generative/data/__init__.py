@@ -1,7 +1,8 @@
 """Data for the generative models.
 
 :mod:`~sde_control.generative.data.points`: point clouds ``(n, d)``: the 2-d sets generated in code (spiral,
-checkerboard, moons, anisotropic Gaussian, Gaussian mixture; rings, pinwheel, eight Gaussians, Swiss roll, banana) and the validation and loading of a user's points.
+checkerboard, moons, anisotropic Gaussian, Gaussian mixture; rings, pinwheel, eight Gaussians, Swiss roll, banana)
+and the validation and loading of a user's points.
 
 :mod:`~sde_control.generative.data.images`: images ``(n, C, H, W)`` of integer grey levels: the embedded digits,
 CIFAR-10 and image folders from local files, their loader, and :class:`ImageTransform` (dequantisation, the map to

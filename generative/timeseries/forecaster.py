@@ -320,8 +320,8 @@ class Forecaster(Checkpointable):
                  seed: int | None = None) -> Tensor:
         """Sample paths ``(B, num_samples, P, D)`` of the windows following contexts ``(B, C', D)``, in the
         original units: ``steps`` Euler-Maruyama steps of the reverse SDE (``method="em"``) or Euler steps of the
-        probability-flow ODE (``"ode"``) on the uniform grid from the prior, given each context. ``C'`` may exceed ``context_length``: the last
-        ``context_length`` steps are used. ``seed`` fixes the draws."""
+        probability-flow ODE (``"ode"``) on the uniform grid from the prior, given each context. ``C'`` may exceed
+        ``context_length``: the last ``context_length`` steps are used. ``seed`` fixes the draws."""
         context = torch.as_tensor(context, dtype=torch.float32, device=self.device)
         if context.ndim != 3 or context.shape[2] != self.dim:
             hint = " (one window: context[None])" if context.ndim == 2 else ""

@@ -125,10 +125,11 @@ def test_exploration_smoke(tmp_path):
 
 
 def test_vsdm_vs_vp_smoke(tmp_path):
-    args = ("--budget", "smoke", "--data", "spiral,rings", "--models", "vp,vp_std,vsdm", "--out", str(tmp_path / "cells"),
-            "--table", str(tmp_path / "VSDM.md"))
+    args = ("--budget", "smoke", "--data", "spiral,rings", "--models", "vp,vp_std,vsdm",
+            "--out", str(tmp_path / "cells"), "--table", str(tmp_path / "VSDM.md"))
     text = run("vsdm_vs_vp.py", *args, cwd=tmp_path)
-    assert "| rings (unseen) | noise floor (exact vs exact) |" in text and "| spiral (8x along y) | VSDM (A_t) | 20 |" in text
+    assert "| rings (unseen) | noise floor (exact vs exact) |" in text
+    assert "| spiral (8x along y) | VSDM (A_t) | 20 |" in text
     assert "| rings (unseen) | VP, standardised data | 50 |" in (tmp_path / "VSDM.md").read_text()
 
 

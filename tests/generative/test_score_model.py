@@ -96,7 +96,8 @@ def test_every_sampler_counts_its_evaluations():
         assert model.last_nfe == nfe, options
     model.sample(30, steps=3, method="ode", solver="rk45", rtol=1e-3, atol=1e-3)
     assert model.last_nfe >= 6 and model.last_nfe % 6 == 2  # RK45: 6 evaluations per attempted step, plus 2 to start
-    torch.testing.assert_close(model.sample(30, steps=7, method="em", seed=2), model.sample(30, steps=7, method="em", seed=2))
+    torch.testing.assert_close(model.sample(30, steps=7, method="em", seed=2),
+                               model.sample(30, steps=7, method="em", seed=2))
     torch.testing.assert_close(model.sample(30, steps=7, method="gddim", lam=0.5, seed=2),
                                model.sample(30, steps=7, method="gddim", lam=0.5, seed=2))
 

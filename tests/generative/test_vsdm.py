@@ -92,7 +92,8 @@ def test_forward_objective_has_the_fixed_point_and_the_pull():
         # Monte Carlo error of E[s x^T] per time: about 1.5 / sqrt(20000) per entry (whitened chi-square terms).
         torch.testing.assert_close(grad, (zeta - 1) * total * torch.eye(2, **f64), atol=0.05 * float(total), rtol=0)
     with torch.no_grad():
-        backward = reverse_paths(sde, gaussian_score(sde, MEAN, COV), torch.randn(20_000, 2, **f64), 40, 1e-3, method="em")
+        backward = reverse_paths(sde, gaussian_score(sde, MEAN, COV), torch.randn(20_000, 2, **f64), 40, 1e-3,
+                                 method="em")
     grad, total = objective_gradient(sde, backward, 1.0, times)
     minor = torch.tensor([MAJOR[1], -MAJOR[0]])
     assert float(MAJOR @ grad @ MAJOR) > 0.1 * float(total) > abs(float(minor @ grad @ minor))
