@@ -59,9 +59,7 @@ from torch import Tensor, nn
 from sde_control import checkpoints
 
 from .data.images import ImageDataset, Images, image_loader, random_hflip
-from .diagonal import DiagonalLinearSDE, exponential_sample
 from .evaluation.fid import RandomFeatures, features_of, image_scores, reference_cache_path, reference_features
-from .gddim import gddim_sample, time_grid
 from .networks.unet import UNet
 from .score_matching import sample_times
 from .score_model import ScoreModel, ScoreTraining
@@ -374,18 +372,12 @@ def sample(model: ScoreModel, n: int, steps: int, method: str = "em", seed: int 
       (:func:`~sde_control.generative.gddim.gddim_sample`; for a process diagonal in a basis its closed form per
       coordinate, :func:`~sde_control.generative.diagonal.exponential_sample`; for VP it is DDIM).
 
-    Each uses one score evaluation per step.
+    Each uses one score evaluation per step (the model's ``last_nfe``): all through the model's one entry point,
+    :meth:`~sde_control.generative.model.GenerativeModel.sample`, em and ode on the uniform grid.
     """
-    if method in ("em", "ode"):
-        return model.sample(n, steps, method=method, grid="uniform", seed=seed)
-    if method != "gddim":
+    if method not in SAMPLERS:
         raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
-    generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
-    x_T = torch.randn(n, model.dim, generator=generator, device=model.device)
-    times = time_grid(model.sde.T, model.t_min, steps)
-    if isinstance(model.sde, DiagonalLinearSDE):
-        return exponential_sample(model.sde, model.score, x_T, times)
-    return gddim_sample(model.sde, model.score, x_T, steps, times=times)
+    return model.sample(n, steps, method=method, grid="quadratic" if method == "gddim" else "uniform", seed=seed)
 
 
 @torch.no_grad()

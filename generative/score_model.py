@@ -26,7 +26,7 @@ from sde_control.training import LossFn, TrainConfig, Trainer
 
 from .augmented import augmented_gaussian, conditional_cholesky, state_dim
 from .data import validate
-from .diagonal import DiagonalLinearSDE
+from .diagonal import DiagonalLinearSDE, exponential_sample
 from .gddim import gddim_sample
 from .likelihood import TimeProposal, negative_elbo
 from .model import BatchSource, GenerativeModel, GenerativeTraining
@@ -176,7 +176,10 @@ class ScoreModel(GenerativeModel):
                   generator: torch.Generator | None, condition: Tensor | None) -> tuple[Tensor, int]:
         score = CountedScore(self.score if condition is None else lambda u, t: self.score(u, t, condition))
         steps = times.numel() - 1
-        if method == "gddim":
+        one_step = options["order"] == 1 and options["lam"] == 0 and not options["corrector"]
+        if method == "gddim" and one_step and isinstance(self.sde, DiagonalLinearSDE):  # O(d) per step, any d
+            _, paths = exponential_sample(self.sde, score, start, times, return_path=True)
+        elif method == "gddim":
             _, paths = gddim_sample(self.sde, score, start, steps, order=options["order"], lam=options["lam"],
                                     corrector=options["corrector"], times=times, return_path=True, generator=generator)
         elif options["solver"] == "rk45":
