@@ -28,8 +28,9 @@ simulation-free. Training alternates, for ``stages`` stages:
     **Stein.** The identity ``E[s x^T] = -I`` holds for the exact score only. With the fitted score ``s_theta`` the
     gradient ``E_bwd[g^2 s_theta x^T] + g^2 I`` also carries the score's own error, ``E_fwd[s_theta x^T] + I``, which
     does not vanish where the forward process already reaches the prior, and the update then moves ``A`` by it:
-    on data whose VP terminal law is already at the prior (``benchmarks/VSDM.md``, rings: KL 0.0003) the forward
-    updates pushed it away (KL 0.009; ``A`` about ``+0.06 I``) and the samples got worse. ``divergence="stein"``
+    where plain VP's terminal law already sits at the prior, the forward updates push it away and the samples get
+    worse (what a review saw on a 2-d set the project had not tuned on; ``benchmarks/vsdm_vs_vp.py`` compares
+    ``vsdm`` with ``vsdm_trace``, the ``tr A_t`` update, on five such sets). ``divergence="stein"``
     (the default for the full matrix) evaluates the divergence term by Stein's identity under the forward marginals
     with the same fitted score, ``E_fwd[div(A x)] = -E_fwd[(A x) . s_theta]`` on fresh forward draws of the data at the
     paths' times, so the gradient becomes ``E int g^2 (E_bwd[s_theta x^T] - E_fwd[s_theta x^T])``: zero whenever the
