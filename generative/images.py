@@ -61,6 +61,7 @@ from sde_control import checkpoints
 from .data.images import ImageDataset, Images, image_loader, random_hflip
 from .evaluation.fid import RandomFeatures, features_of, image_scores, reference_cache_path, reference_features
 from .networks.unet import UNet
+from .sampling import check_method
 from .score_matching import sample_times
 from .score_model import ScoreModel, ScoreTraining
 from .vsdm import VSDM, equal_budget_config
@@ -375,8 +376,7 @@ def sample(model: ScoreModel, n: int, steps: int, method: str = "em", seed: int 
     Each uses one score evaluation per step (the model's ``last_nfe``): all through the model's one entry point,
     :meth:`~sde_control.generative.model.GenerativeModel.sample`, em and ode on the uniform grid.
     """
-    if method not in SAMPLERS:
-        raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
+    check_method(method, SAMPLERS)
     return model.sample(n, steps, method=method, grid="quadratic" if method == "gddim" else "uniform", seed=seed)
 
 

@@ -29,7 +29,7 @@ from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
 from .data import ImageDataset, ImageTransform, Images, validate
 from .likelihood import BoundEstimate, bound_in_bits
-from .sampling import GRIDS, time_grid
+from .sampling import GRIDS, check_method, time_grid
 
 SAMPLING_METHODS = ("em", "ode", "gddim")
 
@@ -235,9 +235,7 @@ class GenerativeModel(Checkpointable, abc.ABC):
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"the number of samples must be a positive int, got {n!r}")
-        if method not in self.sampling_methods:
-            raise ValueError(f"method must be one of {self.sampling_methods} for {type(self).__name__}, got "
-                             f"{method!r}")
+        check_method(method, self.sampling_methods, type(self).__name__)
         if grid not in GRIDS:
             raise ValueError(f"grid must be one of {tuple(GRIDS)}, got {grid!r}")
         allowed = {"em": ("euler",), "ode": ("euler", "heun", "rk45"), "gddim": ("euler",)}[method]

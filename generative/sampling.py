@@ -19,7 +19,7 @@ its corrector (:func:`evaluations_per_step`); :class:`CountedScore` counts them 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,14 +80,22 @@ def remember_latest(drift: Callable[[Tensor, int], Tensor]) -> Callable[[Tensor,
     return remembered
 
 
+def check_method(method: str, valid: Sequence[str], owner: str = "") -> None:
+    """Refuse an unknown sampling ``method``, listing the ``valid`` ones (of ``owner``, where given); the old name of
+    Euler-Maruyama, ``"sde"``, is pointed at its new one."""
+    if method not in valid:
+        hint = " ('sde' is now 'em': Euler-Maruyama on the reverse SDE)" if method == "sde" else ""
+        raise ValueError(f"method must be one of {tuple(valid)}{' for ' + owner if owner else ''}, got "
+                         f"{method!r}{hint}")
+
+
 def reverse_paths(sde: LinearSDE, score: Score, x_T: Tensor, steps: int, t_min: float, method: str = "ode",
                   solver: str = "euler", seed: int | None = None, times: Tensor | None = None) -> Tensor:
     """Paths (steps + 1, n, D) of the probability-flow ODE (``method="ode"``, Euler or Heun steps) or the reverse SDE
     (``"em"``: Euler-Maruyama; Heun is allowed, the noise being additive) from ``x_T`` at ``t = T`` to ``t = t_min``
     (module docstring), on ``times`` (decreasing noising times, ``steps + 1`` of them) or the uniform grid. A process
     diagonal in a basis (:class:`~.diagonal.DiagonalLinearSDE`) is applied as operators, ``O(d)`` per step."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_method(method, METHODS)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     times = time_grid(sde.T, t_min, steps, power=1.0) if times is None else torch.as_tensor(times, dtype=torch.float64)

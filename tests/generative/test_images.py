@@ -66,6 +66,8 @@ def test_bad_image_settings_are_named(tmp_path):
         run(compose_config("model=vp", "task=fid"), tmp_path)
     with pytest.raises(Exception, match="CIFAR-10 not found.*cs.toronto.edu"):  # (Hydra wraps it)
         run(compose_config("data=cifar10", f"data.root={tmp_path}"), tmp_path)
+    with pytest.raises(ValueError, match=r"method must be one of \('em', 'ode', 'gddim'\), got 'sde'"):
+        images.sample(tiny_vsdm(), 2, 3, method="sde")
     assert images.resolve_precision("auto", torch.device("cpu")) == "float32"
     assert images.resolve_precision("float16", torch.device("cpu")) == "float16"
 

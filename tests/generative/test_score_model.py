@@ -103,7 +103,8 @@ def test_every_sampler_counts_its_evaluations():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(n=0), "positive int"), (dict(method="sde"), "method must be one of"),
+    (dict(n=0), "positive int"), (dict(method="rk4"), r"method must be one of \('em', 'ode', 'gddim'\)"),
+    (dict(method="sde"), "'sde' is now 'em'"),
     (dict(method="em", solver="heun"), "takes solver in"), (dict(method="ode", order=2), "gDDIM's options"),
     (dict(grid="cosine"), "grid must be one of"), (dict(method="gddim", order=4), "order must be 1, 2 or 3"),
 ])
