@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
 
-from sde_control.generative.augmented import augmented_gaussian, gaussian_marginal_score  # noqa: E402
+from sde_control.generative.augmented import augmented_gaussian  # noqa: E402
 from sde_control.generative.gddim import gddim_sample  # noqa: E402
 from sde_control.generative.sampling import reverse_paths  # noqa: E402
-from sde_control.generative.score_matching import gaussian_marginal  # noqa: E402
+from sde_control.generative.score_matching import gaussian_marginal, gaussian_score  # noqa: E402
 from sde_control.sdes import CLD, MALDA, VP  # noqa: E402
 
 f64 = dict(dtype=torch.float64)
@@ -60,7 +60,7 @@ def main() -> None:
     for name, sde in processes.items():
         for width in widths:
             cov = width * SHAPE
-            score = gaussian_marginal_score(sde, MU, cov)
+            score = gaussian_score(sde, MU, cov)
             for steps in step_counts:
                 cells = [sampled_kl(sde, cov, lambda x, o=order: gddim_sample(sde, score, x, steps, order=o))
                          for order in (1, 2, 3)]

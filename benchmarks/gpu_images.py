@@ -71,7 +71,7 @@ def throughput(device: torch.device, smoke: bool) -> list[list[str]]:
         transform, loss_net = ImageTransform(256), model.trainer.training_module
 
         def loss(iteration):
-            return model.loss(transform.to_model(levels).flatten(1), loss_net), {}
+            return model.loss(transform.to_model(levels).flatten(1), network=loss_net), {}
 
         config = TrainConfig(iterations=warm + timed, batch_size=batch, lr=2e-4, lr_final=1.0, progress=False,
                              precision=precision)
@@ -123,7 +123,7 @@ def short_run(device: torch.device, smoke: bool, directory: Path) -> list[str]:
     losses = [r["loss"] for r in model.history]
     window = min(100, len(losses) // 2)
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-    samples = images.generate(model, data, 64 if smoke else 1000, 10 if smoke else 100, "sde", seed=1)
+    samples = images.generate(model, data, 64 if smoke else 1000, 10 if smoke else 100, "em", seed=1)
     classifier = digit_classifier(directory / "classifier.pt", size, 1, "nearest")
     fd = classifier_frechet_distance(samples.cpu(), data.transform.to_uint8(data.images), classifier)
     grid = directory / images.GRID

@@ -47,7 +47,7 @@ from sde_control.sdes import VP  # noqa: E402
 HERE = Path(__file__).resolve().parent
 IMAGES_MD = HERE / "IMAGES.md"
 MODELS = {"vp": "VP", "vsdm": "VSDM (DCT-diagonal A_t)"}
-METHODS = {"sde": "Euler-Maruyama (reverse SDE)", "ode": "Euler (probability flow)",
+METHODS = {"em": "Euler-Maruyama (reverse SDE)", "ode": "Euler (probability flow)",
            "gddim": "gDDIM (exponential integrator, order 1)"}
 BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": dict(iterations=3000, batch_size=64, stage_iterations=750, paths=256, path_steps=50, forward_iterations=100,
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         f"for both; VSDM: {b['iterations'] // b['stage_iterations']} stages of {b['stage_iterations']}, forward "
         f"updates from {b['paths']} backward paths of {b['path_steps']} steps. Frechet distance in the digits "
         f"classifier's features, {b['samples']} samples against the training set (lower is better; seeds "
-        f"{', '.join(map(str, b['seeds']))}); `sde` is Euler-Maruyama, `ode` Euler on the probability flow, `gddim` "
+        f"{', '.join(map(str, b['seeds']))}); `em` is Euler-Maruyama, `ode` Euler on the probability flow, `gddim` "
         f"the exponential integrator of order 1 (quadratic time grid); NFE = steps. Held-out images against the "
         f"training set: {floor:.3g} (360 images: the floor, biased upward by its size). Bits/dim: the continuous-time "
         f"ELBO on the 360 held-out images, dequantised (17 levels; uniform data would have log2 17 = 4.09), "

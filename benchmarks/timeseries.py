@@ -110,13 +110,13 @@ PUBLISHED = {
 
 BUDGETS: dict[str, dict[str, Any]] = {  # the forecasters' network and training options beside ForecastTraining's
     "full": dict(samples=100, seeds=3, network={}, train=dict(iterations=2000, batch_size=64),
-                 sampling=dict(steps=50, method="sde")),
+                 sampling=dict(steps=50, method="em")),
     "reduced": dict(samples=100, seeds=3, network={}, train=dict(iterations=500, batch_size=64),
-                    sampling=dict(steps=50, method="sde")),
+                    sampling=dict(steps=50, method="em")),
     "smoke": dict(samples=20, seeds=1, network=dict(hidden_size=8, lstm_layers=1, channels=8, residual_blocks=2,
                                                      cond_channels=2, time_features=8),
                   train=dict(iterations=4, batch_size=16, stages=2, paths=8, path_steps=3, forward_iterations=2),
-                  sampling=dict(steps=4, method="sde")),
+                  sampling=dict(steps=4, method="em")),
 }
 
 
@@ -153,7 +153,7 @@ def describe(budget_name: str) -> str:
             f"{train['stages']} stages (learning rate {train['lr']} decaying to {train['lr'] * train['lr_final']:g}); "
             f"VSDM's forward update after each stage but the last: {train['forward_iterations']} steps on "
             f"{train['paths']} backward paths of {train['path_steps']} steps; forecasts by {sampling['steps']} "
-            f"{'reverse-SDE' if sampling['method'] == 'sde' else 'probability-flow'} steps.")
+            f"{'reverse-SDE' if sampling['method'] == 'em' else 'probability-flow'} steps.")
 
 
 def table(results: list[dict[str, Any]], data: str) -> str:

@@ -1,4 +1,4 @@
-r"""The augmented state of a linear forward SDE with auxiliary variables, and hybrid score matching.
+r"""The augmented state of a linear forward SDE with auxiliary variables: its layout and its law given the data.
 
 Data ``x`` of dimension ``d`` plus ``aux = sde.aux`` auxiliary blocks (velocity for CLD, ``K - 1`` blocks for the
 MDM diffusions): the state ``u`` has ``D = (1 + aux) d`` channels laid out as in
@@ -10,29 +10,18 @@ start from their own law ``y_0 ~ N(0, Sigma_aux0 kron I)`` independently of ``x`
 .. math::  q(u_t | x) = N\big(\Psi_t [x; 0],\ S_t \otimes I_m\big), \qquad
            S_t = \Psi_t \Sigma_0 \Psi_t^T + \Sigma_t = L_t L_t^T ,
 
-with ``(Psi_t, Sigma_t)`` the transition from 0 to ``t``. **Hybrid score matching** (Dockhorn, Vahdat, Kreis 2022,
-section 3.2; the MDM paper's "hybrid" transition kernel, ``hybrid_transition_kernel: True`` in its configurations)
-regresses on the score of this law, ``grad log q(u_t | x) = -L_t^{-T} eps`` with ``u_t = Psi_t [x; 0] + L_t eps``,
-instead of the score given ``(x, y_0)``: ``y_0`` is integrated out analytically, so the target has lower variance,
-and the minimiser is the same marginal score ``grad log p_t`` (the conditional expectation of the target given
-``u_t``). With the parameterisation ``s = -L_t^{-T} eps_hat`` the loss is ``|eps_hat - eps|^2``.
-
-For data without auxiliary variables (``aux = 0``) all of this is plain denoising score matching
-(:mod:`sde_control.generative.score_matching`).
+with ``(Psi_t, Sigma_t)`` the transition from 0 to ``t``. Score matching on this law (``y_0`` integrated out: the
+*hybrid* score matching of CLD and MDM) is :func:`sde_control.generative.score_matching.dsm_loss`; the likelihood
+bound (:mod:`.likelihood`) and gDDIM (:mod:`.gddim`) read the same moments. For processes without auxiliary
+variables (``aux = 0``) the state is the data and ``S_t = Sigma_t``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from sde_control.sdes import LinearSDE, blockwise
-
-from .score_matching import Score, gaussian_marginal, sample_times
-
-BLOCKS = ("all", "noised")
+from sde_control.sdes import LinearSDE
 
 
 def state_dim(sde: LinearSDE, dim: int) -> int:
@@ -42,8 +31,9 @@ def state_dim(sde: LinearSDE, dim: int) -> int:
         raise ValueError(f"{type(sde).__name__} declares {sde.aux} auxiliary blocks but has K = {sde.K}: an augmented "
                          f"state is the data block followed by the auxiliary ones (K = 1 + aux)")
     if D % sde.K:
-        raise ValueError(f"{type(sde).__name__} has {sde.K} x {sde.K} blocks and {sde.aux} auxiliary blocks per data "
-                         f"coordinate, which cannot act on data of dimension {dim}")
+        auxiliary = f" and {sde.aux} auxiliary blocks per data coordinate" if sde.aux else ""
+        raise ValueError(f"{type(sde).__name__} has {sde.K} x {sde.K} blocks{auxiliary}, which cannot act on data of "
+                         f"dimension {dim}")
     return D
 
 
@@ -76,13 +66,16 @@ CONDITION_FLOOR = 1e-10
 
 
 def conditional_cholesky(sde: LinearSDE, t: Tensor, aux_init_cov: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``(Psi_t, L_t)`` with ``L_t L_t^T = S_t``; a clear error where ``S_t`` is singular to float64 precision.
+    """``(Psi_t, L_t)`` with ``L_t L_t^T = S_t``; for augmented states a clear error where ``S_t`` is singular to
+    float64 precision.
 
     That happens at small ``t`` when the data block is almost a deterministic function of the auxiliary blocks:
     ALDA (noise on its last block only, ``beta`` from 0.1) has ``lambda_min / lambda_max = 1e-19`` at ``t = 1e-3``
     and ``2e-12`` at ``t = 0.018``; CLD and MALDA stay above ``1e-10`` from ``t = 1e-3``.
     """
     psi, cov = conditional_moments(sde, t, aux_init_cov)
+    if not sde.aux:  # S_t = Sigma_t: Cholesky refuses a singular one itself
+        return psi, torch.linalg.cholesky(cov)
     with torch.no_grad():
         eigenvalues = torch.linalg.eigvalsh(cov.detach())
         ratio = eigenvalues[..., 0] / eigenvalues[..., -1]
@@ -97,46 +90,12 @@ def conditional_cholesky(sde: LinearSDE, t: Tensor, aux_init_cov: Tensor | None 
     return psi, torch.linalg.cholesky(cov)
 
 
-def hybrid_noise_to_score(sde: LinearSDE, eps_hat: Tensor, t: Tensor, aux_init_cov: Tensor | None = None) -> Tensor:
-    """``s = -L_t^{-T} eps_hat`` for the hybrid ``L_t`` at noising times ``t`` (0-dim or (n,))."""
-    _, chol = conditional_cholesky(sde, t, aux_init_cov)
-    return -blockwise(torch.linalg.inv(chol).transpose(-1, -2), eps_hat)
-
-
 def first_noised_block(sde: LinearSDE) -> int:
     """The first block on which ``G G^T`` acts (0 for VP and the learned MDM diffusion, 1 for CLD and MALDA, 2 for
     ALDA): with the lower-triangular ``L_t``, the score enters ``G G^T s`` only through ``eps`` on this block and
     the ones after it."""
     noise = sde.noise_matrix(torch.tensor(0.5 * sde.T, dtype=torch.float64)).detach().diagonal()
     return int(torch.nonzero(noise > 0)[0])
-
-
-def hybrid_score_matching_loss(network: nn.Module, sde: LinearSDE, x0: Tensor, t_min: float,
-                               aux_init_cov: Tensor | None = None, blocks: str = "all") -> Tensor:
-    r"""Per-sample hybrid score matching loss ``|eps_hat(u_t, t) - eps|^2`` (n,), ``t ~ U(t_min, T)``.
-
-    ``u_t = Psi_t [x; 0] + L_t eps`` samples ``q(u_t | x)`` (module docstring); ``network(u_t, t)`` predicts
-    ``eps`` (shape (n, D)). ``blocks="all"`` regresses every block (the MDM reference code's ``noise_pred``; the
-    full score is what gDDIM needs); ``blocks="noised"`` only the blocks from :func:`first_noised_block` on (CLD's
-    HSM, which regresses the velocity only; the reference code's ``cld_noise_pred``), all that the reverse SDE and
-    the probability-flow ODE use. The transitions are computed without gradient (the forward process is frozen
-    while the score is fitted).
-    """
-    if blocks not in BLOCKS:
-        raise ValueError(f"blocks must be one of {BLOCKS}, got {blocks!r}")
-    if not 0 < t_min < sde.T:
-        raise ValueError(f"t_min must lie in (0, T = {sde.T}), got {t_min}")
-    t = sample_times(x0.shape[0], sde.T, t_min).to(x0.device)
-    with torch.no_grad():
-        psi, chol = conditional_cholesky(sde, t, aux_init_cov)
-    u0 = embed(x0, sde)
-    eps = torch.randn_like(u0)
-    ut = blockwise(psi, u0) + blockwise(chol, eps)
-    error = (network(ut, t.to(x0.dtype)) - eps).square()
-    if blocks == "noised":
-        first = first_noised_block(sde) * (u0.shape[1] // sde.K)
-        error = error[:, first:]
-    return error.sum(-1)
 
 
 def augmented_gaussian(sde: LinearSDE, mean: Tensor, cov: Tensor, aux_init_cov: Tensor | None = None
@@ -152,27 +111,3 @@ def augmented_gaussian(sde: LinearSDE, mean: Tensor, cov: Tensor, aux_init_cov: 
     return embed(mean.double()[None], sde)[0], C0
 
 
-def gaussian_marginal_score(sde: LinearSDE, mean: Tensor, cov: Tensor, aux_init_cov: Tensor | None = None
-                            ) -> Score:
-    r"""The exact score ``-C_t^{-1} (u - m_t)`` of the full state's marginal for data ``N(mean, cov)``, with
-    ``(m_t, C_t)`` the moments of ``u_0`` (:func:`augmented_gaussian`) pushed through the SDE; ``t`` 0-dim or (n,)."""
-    m0, C0 = augmented_gaussian(sde, mean, cov, aux_init_cov)
-
-    def score(u: Tensor, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        m, C = gaussian_marginal(sde, t, m0, C0)
-        return -torch.linalg.solve(C, (u.double() - m)[..., None])[..., 0].to(u.dtype)
-
-    return score
-
-
-def network_score(network: Callable[[Tensor, Tensor], Tensor], sde: LinearSDE,
-                  aux_init_cov: Tensor | None = None) -> Score:
-    """``s(u, t) = -L_t^{-T} network(u, t)``: the score of a noise-prediction network trained by
-    :func:`hybrid_score_matching_loss` (``t`` 0-dim or (n,), float64)."""
-
-    def score(u: Tensor, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return hybrid_noise_to_score(sde, network(u, t.to(u.dtype).expand(u.shape[0])), t, aux_init_cov)
-
-    return score

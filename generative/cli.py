@@ -1,21 +1,32 @@
-"""``python -m sde_control.generative``: fit a generative model to 2-d data or to images (or forecasters to time
-series), evaluate it, write the results.
+"""``sde-generative`` (``python -m sde_control.generative``): fit a generative model to 2-d points, a file of points or
+the digits, sample it, score it against held-out data, write the results (or forecasters to time series).
 
-    sde-generative                                   # VSDM and the equal-budget VP baseline on the spiral
-    sde-generative data=checkerboard model=vsdm_ti   # one time-invariant A
-    sde-generative data=file data.path=$PWD/points.csv model=vp compare_vp=false
-    sde-generative data=macrodata                    # time series: VSDM and VP forecasters (timeseries/cli.py)
-    sde-generative --cfg job                         # print the composed configuration
-    sde-generative data=digits model=vsdm            # images: the embedded digits (sde_control.generative.images)
+    sde-generative                                          # VSDM and the equal-budget VP baseline on the spiral
+    sde-generative model=cld data=rings sample.method=gddim sample.steps=10
+    sde-generative model=mdm data=digits                    # the digits as 64-d vectors (an MLP), bits/dim
+    sde-generative data=file data.path=$PWD/points.csv model=vp
+    sde-generative data=macrodata                           # time series: VSDM and VP forecasters (timeseries/cli.py)
+    sde-generative --cfg job                                # print the composed configuration
+    sde-generative data=digits model=vsdm                   # images with a U-Net (sde_control.generative.images)
     torchrun --nproc_per_node=8 -m sde_control.generative data=cifar10 data.root=~/data preset=paper \
-        hydra.run.dir=runs/vp model=vp               # CIFAR-10 on 8 GPUs; again with more iterations: resumes
+        hydra.run.dir=runs/vp model=vp                      # CIFAR-10 on 8 GPUs; again with more iterations: resumes
     sde-generative task=sample hydra.run.dir=runs/vp data=cifar10 data.root=~/data   # a grid per sampler
     sde-generative task=fid hydra.run.dir=runs/vp data=cifar10 data.root=~/data fid.inception=~/pt_inception.pth
 
-The configuration lives in ``configs/`` (``generative.yaml`` and the groups ``data`` and ``model``). The run
-directory receives ``results.md`` (the metrics table), ``results.json``, ``samples.pt`` (name -> samples at the
-largest step count), ``trajectories.png`` (probability-flow paths of every model) and one checkpoint per model;
+The configuration lives in ``configs/`` (``generative.yaml`` and the groups ``data`` and ``model``: ``vp``, ``cld``,
+``alda``, ``malda``, ``auxiliary`` (your own Q and D), ``mdm``, ``ndm``, ``vsdm``, ``vsdm_ti``). Image data go to the
+image path (:func:`run_images`: a U-Net, VSDM's A_t diagonal in a basis, ``torchrun``-ready, tasks ``train``,
+``sample`` and ``fid``) for VP and VSDM; the models with auxiliary variables, MDM and NDM (and any model with
+``images.network=mlp``) take them as vectors, like points, with a Fourier-feature MLP on the (augmented) state. A
+vector run's directory receives ``results.md`` (the metrics table),
+``results.json``, ``samples.pt`` (name -> samples at the largest step count), ``samples.png`` (points over the
+held-out data, or grids of digits), ``trajectories.png`` (2-d: the paths of every model) and one checkpoint per model;
 running again in the same directory (``hydra.run.dir=...``) resumes or reuses them.
+
+Metrics against held-out data: points: the exact squared 2-Wasserstein distance and the histogram total variation;
+digits: the Frechet distance in the features of a small classifier trained on the training split (cached in the run
+directory). Every model also reports its bound on ``-log p`` of the held-out data in bits/dim with its standard error
+(digits: of the uniformly dequantised levels, the transform's log-determinant included).
 """
 
 from __future__ import annotations
@@ -34,17 +45,19 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import images
-from .data import validate
-from .data.images import Images
-from .evaluation import evaluate
-from .plotting import plot_trajectories
-from .sampling import evaluations
+from .data import ImageDataset, Images, validate
+from .evaluation import classifier_frechet_distance, digit_classifier, evaluate
+from .mdm import MDM
+from .model import GenerativeModel
+from .ndm import NDM
+from .plotting import plot_image_grids, plot_point_samples, plot_trajectories
 from .score_model import ScoreModel
 from .timeseries import ForecastDataset, ForecastTraining
 from .timeseries import cli as timeseries_cli
 from .vsdm import VSDM, VSDMTraining, fit_equal_budget
 
-TABLE, METRICS, SAMPLES, PLOT = "results.md", "results.json", "samples.pt", "trajectories.png"
+TABLE, METRICS, SAMPLES, PLOT, PATHS = "results.md", "results.json", "samples.pt", "samples.png", "trajectories.png"
+CLASSIFIER = "digit_classifier.pt"
 TASKS = ("train", "sample", "fid")
 
 ConfigStore.instance().store(group="schema", name="vsdm_training", node=VSDMTraining)
@@ -61,6 +74,39 @@ def split(points: torch.Tensor, held_out: int, seed: int) -> tuple[torch.Tensor,
     return points[order[held_out:]], points[order[:held_out]]
 
 
+def model_name(model: GenerativeModel) -> str:
+    """``VSDM``, ``MDM``, ``NDM``, or a score model's process (``VP``, ``CLD``, ``ALDA``, ``MALDA``, ...)."""
+    if isinstance(model, (VSDM, MDM, NDM)):
+        return type(model).__name__
+    return type(model.sde).__name__ if isinstance(model, ScoreModel) else type(model).__name__
+
+
+def as_vectors(cfg: DictConfig) -> bool:
+    """Whether image data are fitted as vectors by the MLP: with ``images.network=mlp``, and for every model whose
+    state is more than the image (auxiliary variables) or that has two networks (NDM), which the U-Net cannot be."""
+    if cfg.images.network == "mlp" or issubclass(get_class(cfg.model._target_), (MDM, NDM)):
+        return True
+    return "sde" in cfg.model and instantiate(cfg.model.sde).aux > 0
+
+
+def load_data(cfg: DictConfig, data: Any) -> tuple[torch.Tensor | ImageDataset, torch.Tensor | ImageDataset, int]:
+    """``(train, held_out, dim)``: a random split of points, or the digits' two splits."""
+    if isinstance(data, Images):
+        if not isinstance(data, ImageDataset):
+            raise ValueError(f"vector models take image data held in memory (data=digits), got {type(data).__name__}")
+        return data, instantiate(cfg.data, split="held_out"), data.images[0].numel()
+    train, test = split(validate(data), cfg.held_out, cfg.seed)
+    return train, test, train.shape[1]
+
+
+def sampling_options(cfg: DictConfig) -> tuple[list[int], dict[str, Any]]:
+    """The step counts (one or a list) and the other options of ``model.sample``."""
+    options = OmegaConf.to_container(cfg.sample)
+    steps = options.pop("steps")
+    options.pop("plot_paths")
+    return ([steps] if isinstance(steps, int) else list(steps)), options
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Train and evaluate what ``cfg`` describes; write the results into ``out_dir``."""
     torch.manual_seed(cfg.seed)
@@ -68,44 +114,61 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    points = instantiate(cfg.data)
-    if isinstance(points, Images):
-        return run_images(cfg, out_dir, points)
+    data = instantiate(cfg.data)
+    if isinstance(data, Images) and not as_vectors(cfg):
+        return run_images(cfg, out_dir, data)
     if cfg.task != "train":
-        raise ValueError(f"task={cfg.task} scores image runs; these data are not images")
-    if isinstance(points, ForecastDataset):
-        return timeseries_cli.run(cfg, points, out_dir)
-    train, test = split(validate(points), cfg.held_out, cfg.seed)
-    model: ScoreModel = instantiate(cfg.model, dim=train.shape[1], _convert_="all")
-    models = {type(model).__name__: model}
+        raise ValueError(f"task={cfg.task} samples or scores image runs of the U-Net path; a vector run samples and "
+                         f"scores itself (task=train)")
+    if isinstance(data, ForecastDataset):
+        return timeseries_cli.run(cfg, data, out_dir)
+    train, test, dim = load_data(cfg, data)
+    images = isinstance(train, ImageDataset)
+    model: GenerativeModel = instantiate(cfg.model, dim=dim, _convert_="all")
+    models = {model_name(model): model}
     if cfg.compare_vp and isinstance(model, VSDM):
         models["VP"] = model.vp_baseline()
+    step_counts, options = sampling_options(cfg)
+    training = OmegaConf.to_object(cfg.train).as_dict()
+    classifier = digit_classifier(out_dir / CLASSIFIER) if images else None
 
-    options = OmegaConf.to_object(cfg.train).as_dict()
     rows, samples, paths, info = [], {}, {}, {}
     for name, m in models.items():
         started = time.perf_counter()
-        fit_equal_budget(m, train, checkpoint=out_dir / f"{name}.pt", **options)
-        info[name] = {"train_time_s": time.perf_counter() - started, "prior_kl": m.prior_kl(train),
-                      "score_steps": m.trainer.iteration}
+        fit_equal_budget(m, train, checkpoint=out_dir / f"{name}.pt", **training)
+        bound = m.bits_per_dim(test, seed=cfg.seed)
+        info[name] = {"train_time_s": time.perf_counter() - started, "score_steps": m.trainer.iteration,
+                      "bits_per_dim": bound.mean, "bits_per_dim_se": bound.standard_error}
+        if not images and isinstance(m, ScoreModel):
+            info[name]["prior_kl"] = m.prior_kl(train)
         if isinstance(m, VSDM):
             info[name]["time_averaged_A"] = m.sde.time_averaged_A().tolist()
-        for steps in cfg.evaluate.steps:
-            metrics, x, p = evaluate(m, test, steps, cfg.evaluate.method, cfg.evaluate.solver, seed=cfg.seed)
-            rows.append({"model": name, "nfe": evaluations(steps, cfg.evaluate.solver), **metrics})
-            samples[name] = x
-            if steps == cfg.evaluate.plot_steps:
-                paths[name] = p
+        for steps in step_counts:
+            if images:
+                y = m.sample(len(test), steps, seed=cfg.seed, **options)
+                samples[name] = m.data_transform.to_uint8(m.data_transform.from_model(y)).reshape(-1, *test.shape)
+                reference = test.transform.to_uint8(test.images)
+                metrics = {"frechet_distance": classifier_frechet_distance(samples[name], reference, classifier),
+                           "nfe": m.last_nfe}
+            else:
+                metrics, samples[name], paths[name] = evaluate(m, test, steps, seed=cfg.seed, **options)
+            rows.append({"model": name, "steps": steps, **metrics})
 
-    results = {"data": OmegaConf.to_container(cfg.data), "rows": rows, "models": info}
+    results = {"data": OmegaConf.to_container(cfg.data), "sample": OmegaConf.to_container(cfg.sample), "rows": rows,
+               "models": info}
     table = format_table(rows, info)
     print(table)
     (out_dir / TABLE).write_text(table + "\n")
     (out_dir / METRICS).write_text(json.dumps(results, indent=2) + "\n")
     torch.save(samples, out_dir / SAMPLES)
-    if paths:
-        plot_trajectories(paths, out_dir / PLOT, reference=test, n_paths=cfg.evaluate.plot_paths,
-                          title=f"{cfg.evaluate.method} paths, {cfg.evaluate.plot_steps} steps")
+    title = f"{options['method']}, {step_counts[-1]} steps"
+    if images:
+        plot_image_grids({**{n: s[:100] for n, s in samples.items()}, "held out": reference[:100]}, out_dir / PLOT,
+                         title=title)
+    else:
+        plot_point_samples(samples, out_dir / PLOT, reference=test, title=title)
+        if dim == 2:
+            plot_trajectories(paths, out_dir / PATHS, reference=test, n_paths=cfg.sample.plot_paths, title=title)
     return results
 
 
@@ -171,13 +234,21 @@ def _score_images(cfg: DictConfig, out_dir: Path, data: Images, session: images.
 
 def format_table(rows: list[dict[str, Any]], info: dict[str, dict[str, Any]]) -> str:
     """A markdown table: one row per model and step count."""
-    lines = ["| model | NFE | W2^2 | histogram TV | straightness | prior KL | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    images = "frechet_distance" in rows[0]
+    metrics = "Frechet distance (classifier)" if images else "W2^2 | histogram TV | straightness"
+    head = "| model | steps | NFE | " + metrics
+    lines = [head + " | bits/dim (held out) | prior KL | train s |",
+             "|" + " --- |" * (7 if images else 9)]
     for r in rows:
-        s = "-" if r["straightness"] is None else f"{r['straightness']:.4f}"
         i = info[r["model"]]
-        lines.append(f"| {r['model']} | {r['nfe']} | {r['w2']:.4g} | {r['tv']:.4f} | {s} | "
-                     f"{i['prior_kl']:.4f} | {i['train_time_s']:.0f} |")
+        if images:
+            quality = f"{r['frechet_distance']:.4g}"
+        else:
+            s = "-" if r["straightness"] is None else f"{r['straightness']:.4f}"
+            quality = f"{r['w2']:.4g} | {r['tv']:.4f} | {s}"
+        kl = f"{i['prior_kl']:.4f}" if "prior_kl" in i else "-"
+        lines.append(f"| {r['model']} | {r['steps']} | {r['nfe']} | {quality} | {i['bits_per_dim']:.4f} ± "
+                     f"{i['bits_per_dim_se']:.4f} | {kl} | {i['train_time_s']:.0f} |")
     return "\n".join(lines)
 
 

@@ -353,7 +353,7 @@ def diagonal_objective(forward: DiagonalVSDMForward, zeta: float, statistics: Pa
 
 @torch.no_grad()
 def exponential_sample(sde: DiagonalLinearSDE, score: Callable[[Tensor, Tensor], Tensor], x_T: Tensor,
-                       times: Tensor) -> Tensor:
+                       times: Tensor, return_path: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     r"""gDDIM's deterministic step of order 1 (:mod:`sde_control.generative.gddim`) for a process diagonal in a
     basis, from ``x_T`` at ``times[0]`` down the decreasing grid ``times``; returns the last state.
 
@@ -367,14 +367,19 @@ def exponential_sample(sde: DiagonalLinearSDE, score: Callable[[Tensor, Tensor],
     with ``a`` the forward transition (DDIM per frequency; for VP, DDIM). One score evaluation per step and
     ``O(d)`` per coordinate: the same iterates as :func:`~sde_control.generative.gddim.gddim_sample` with
     ``order=1`` on the dense form of the process (a test), at a cost that does not grow with ``d^3``.
+    ``return_path`` also returns the states on the grid (steps + 1, n, d).
     """
     times = torch.as_tensor(times, dtype=torch.float64)
     a, _ = sde.transition(times[1:], times[:-1])  # forward, from t_{i+1} up to t_i
     _, gamma = sde.transition(torch.zeros_like(times), times)
     root = gamma.sqrt().to(x_T)
     psi = (1.0 / a).to(x_T)
-    z = sde.basis(x_T)
+    x, z = x_T, sde.basis(x_T)
+    path = [x_T]
     for i in range(times.numel() - 1):
-        eps = -root[i] * sde.basis(score(sde.basis.inverse(z), times[i]))
+        eps = -root[i] * sde.basis(score(x, times[i]))
         z = psi[i] * z + (root[i + 1] - psi[i] * root[i]) * eps
-    return sde.basis.inverse(z)
+        x = sde.basis.inverse(z)
+        if return_path:
+            path.append(x)
+    return (x, torch.stack(path)) if return_path else x

@@ -6,7 +6,8 @@ In noising time, with ``g(t) = sqrt(beta(t))`` and the VP schedule ``beta`` (doc
            z_f = g(t) A_t X_t ,
 
 i.e. the linear SDE with ``F(t) = beta(t) (A_t - I/2)`` and ``G G^T = beta(t) I`` on the full ``d x d`` state
-(``K = d``). ``A = 0`` is plain VP, where VSDM starts. Two parameterisations:
+(``K = d``). ``A = 0`` is plain VP, where VSDM starts. Generation starts from the fixed prior ``N(0, I)``
+(:meth:`prior_covariance`), whatever ``A``. Two parameterisations:
 
 * :class:`VSDMForward`: time-invariant ``A`` (a free ``d x d`` matrix), exact transitions by the matrix
   exponential of :class:`~sde_control.sdes.ScheduledLinearSDE`;
@@ -25,11 +26,12 @@ from sde_control.sdes import LinearSchedule, MomentODELinearSDE, ScheduledLinear
 
 
 class _VariationalDrift:
-    """What both parameterisations share: ``beta``, ``A_t`` and its time average."""
+    """What both parameterisations share: ``beta``, ``A_t``, its time average and the fixed prior."""
 
     T: float
     K: int
     schedule: LinearSchedule
+    weight: nn.Parameter
 
     def A(self, t: Tensor) -> Tensor:  # noqa: N802 (the paper's name)
         """``A_t``, shape ``t.shape + (d, d)``."""
@@ -37,6 +39,12 @@ class _VariationalDrift:
 
     def beta(self, t: Tensor) -> Tensor:
         return self.schedule(torch.as_tensor(t, dtype=torch.float64))
+
+    def prior_covariance(self) -> Tensor:
+        """``I``: VSDM generates from the fixed prior ``N(0, I)`` (its forward update pulls the process's terminal law
+        toward it). Once ``A != 0`` the process's stationary law (which :class:`~sde_control.sdes.ScheduledLinearSDE`
+        would return) is not ``N(0, I)``; the prior stays fixed so that the forward update has a target."""
+        return torch.eye(self.K, dtype=torch.float64, device=self.weight.device)
 
     def time_averaged_A(self, points: int = 1001) -> Tensor:  # noqa: N802
         r"""``(1 / T) int_0^T A_t dt`` by the trapezoid rule on ``points`` equally spaced times."""

@@ -65,6 +65,7 @@ from torch import Tensor
 from sde_control.sdes import LinearSDE, blockwise
 
 from .augmented import conditional_cholesky, initial_covariance
+from .sampling import time_grid
 from .score_matching import Score
 
 CACHE_SIZE = 32
@@ -81,16 +82,6 @@ class GDDIMCoefficients:
     predictor: Tensor  # (N, order, K, K): C_ij, j = 0 the newest evaluation ((Psi_hat - Psi) R_i for lam > 0)
     corrector: Tensor | None  # (N, order, K, K): j = 0 the predicted point's evaluation
     noise: Tensor | None  # (N, K, K): a square root of S_t - Psi_hat S_{t_i} Psi_hat^T (lam > 0)
-
-
-def time_grid(T: float, t_min: float, steps: int, power: float = 2.0) -> Tensor:
-    """``steps + 1`` times from ``T`` to ``t_min``, uniform in ``t^(1/power)`` (the reference code's quadratic grid)."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not 0 < t_min < T:
-        raise ValueError(f"t_min must lie in (0, T = {T}), got {t_min}")
-    ends = torch.tensor([T, t_min], dtype=torch.float64) ** (1 / power)
-    return torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64) ** power
 
 
 def fingerprint(sde: LinearSDE, aux_init_cov: Tensor | None = None) -> str:
@@ -134,6 +125,7 @@ class _StepPropagators:
         self.h = (log_t[1:] - log_t[:-1]) / M  # negative: generation runs down in t
         fine = log_t[:-1, None] + self.h[:, None] * torch.arange(2 * M + 1, dtype=torch.float64) / 2  # (N, 2M+1)
         self.tau = fine.exp()
+        self.tau[:, 0], self.tau[:, -1] = times[:-1], times[1:]  # exactly the grid (rounding could step past it)
         flat = self.tau.reshape(-1)
         _, chol = conditional_cholesky(sde, flat, aux_init_cov)  # refuses an S_t singular to float64
         F, GG = sde.drift_matrix(flat).double(), sde.noise_matrix(flat).double()

@@ -59,20 +59,19 @@ from torch import Tensor, nn
 from sde_control import checkpoints
 
 from .data.images import ImageDataset, Images, image_loader, random_hflip
-from .diagonal import DiagonalLinearSDE, exponential_sample
 from .evaluation.fid import RandomFeatures, features_of, image_scores, reference_cache_path, reference_features
-from .gddim import gddim_sample, time_grid
 from .networks.unet import UNet
+from .sampling import check_method
 from .score_matching import sample_times
 from .score_model import ScoreModel, ScoreTraining
-from .vsdm import VSDM, VSDM_ONLY, VSDMTraining
+from .vsdm import VSDM, equal_budget_config
 
 __all__ = ["FIDOptions", "ImageOptions", "SAMPLERS", "Session", "evaluate", "generate", "image_network",
            "resolve_precision", "sample", "save_grid", "session", "step_seed", "train", "training_config"]
 
 CHECKPOINT, GRID, METRICS, GRIDS, SCORES = "checkpoint.pt", "samples.png", "metrics.csv", "grids", "fid.json"
-NETWORKS = ("auto", "ddpm", "tiny")
-SAMPLERS = ("sde", "ode", "gddim")
+NETWORKS = ("auto", "ddpm", "tiny", "mlp")
+SAMPLERS = ("em", "ode", "gddim")
 _FORWARD = 1 << 30  # the seed stream of the forward updates, apart from the steps'
 
 
@@ -82,7 +81,8 @@ class ImageOptions:
 
     Args:
         network: the U-Net: ``"ddpm"`` (Ho et al.'s CIFAR-10 network, :meth:`UNet.ddpm`), ``"tiny"`` (a CPU size),
-            ``"auto"`` (ddpm for image sides of 16 and more, else tiny).
+            ``"auto"`` (ddpm for image sides of 16 and more, else tiny); ``"mlp"`` makes the command line fit the
+            images as vectors with a Fourier-feature MLP instead (:func:`sde_control.generative.cli.as_vectors`).
         network_options: overrides of the U-Net's arguments (``channels``, ``dropout``, ...).
         basis: VSDM's ``A_t`` is diagonal in it: ``"dct"`` or ``"pixel"`` (:mod:`sde_control.generative.diagonal`).
         stage_iterations: score steps per VSDM stage (``train.stages = train.iterations / stage_iterations``);
@@ -114,7 +114,7 @@ class ImageOptions:
     sample_images: int = 100_000
     grid: int = 64
     grid_steps: int = 100
-    grid_method: str = "sde"
+    grid_method: str = "em"
     shared_noise: bool = False
     tensorboard: bool = False
 
@@ -136,7 +136,7 @@ class FIDOptions:
         checkpoint: the checkpoint to score; ``None``: ``checkpoint.pt`` of the run directory.
         samples: generated images per sampler and step count (the literature's FID: 50,000), split over the ranks.
         batch: images generated at once on each rank.
-        methods: samplers (:func:`sample`: ``sde`` Euler-Maruyama on the reverse SDE, ``ode`` the probability flow,
+        methods: samplers (:func:`sample`: ``em`` Euler-Maruyama on the reverse SDE, ``ode`` the probability flow,
             ``gddim`` the exponential integrator).
         steps: step counts (one NFE sweep point each).
         extractor: ``"inception"`` (the TF-FID Inception-v3, FID proper), ``"classifier"`` (the digits
@@ -151,7 +151,7 @@ class FIDOptions:
     checkpoint: str | None = None
     samples: int = 50_000
     batch: int = 250
-    methods: list[str] = field(default_factory=lambda: ["sde", "ode", "gddim"])
+    methods: list[str] = field(default_factory=lambda: ["em", "ode", "gddim"])
     steps: list[int] = field(default_factory=lambda: [200])
     extractor: str = "auto"
     inception: str | None = None
@@ -247,6 +247,8 @@ def image_network(image_shape: tuple[int, int, int], kind: str = "auto", **optio
     """The U-Net for images of ``image_shape`` (:class:`ImageOptions`'s ``network`` and ``network_options``)."""
     if kind not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, got {kind!r}")
+    if kind == "mlp":
+        raise ValueError("network='mlp' fits images as vectors (the command line's vector path), not with a U-Net")
     if kind == "auto":
         kind = "ddpm" if min(image_shape[1:]) >= 16 else "tiny"
     return (UNet.ddpm if kind == "ddpm" else UNet.tiny)(image_shape, **options)
@@ -262,11 +264,7 @@ def training_config(model: ScoreModel, options: dict[str, Any], stage_iterations
             raise ValueError(f"train.iterations = {options['iterations']} must be a multiple of "
                              f"images.stage_iterations = {stage_iterations}")
         options = {**options, "stages": options["iterations"] // stage_iterations}
-    config = VSDMTraining(**options)
-    if isinstance(model, VSDM):
-        return config
-    fields = {k: v for k, v in config.as_dict().items() if k not in VSDM_ONLY}
-    return model.training_config_class(**{**fields, "lr_every": config.iterations // config.stages})
+    return equal_budget_config(model, **options)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -291,7 +289,7 @@ class _ImageLoss:
         x = self.transform.to_model(levels)
         if self.hflip:
             x = random_hflip(x)
-        return self.model.loss(x.flatten(1), self.network), {}
+        return self.model.loss(x.flatten(1), network=self.network), {}
 
     def _shared(self, iteration: int, levels: Tensor) -> Tensor:
         """The loss with this rank's rows of noise drawn for the whole global batch from ``(seed, step)``."""
@@ -306,7 +304,7 @@ class _ImageLoss:
         x = self.transform.to_model(levels, noise=noise)
         if self.hflip:
             x = random_hflip(x, flip=flip)
-        return self.model.loss(x.flatten(1), self.network, t=t, eps=eps)
+        return self.model.loss(x.flatten(1), network=self.network, t=t, eps=eps)
 
 
 class _ScalarLog:
@@ -365,28 +363,21 @@ def save_grid(images: Tensor, path: str | os.PathLike, columns: int | None = Non
 
 
 @torch.no_grad()
-def sample(model: ScoreModel, n: int, steps: int, method: str = "sde", seed: int | None = None) -> Tensor:
+def sample(model: ScoreModel, n: int, steps: int, method: str = "em", seed: int | None = None) -> Tensor:
     """``n`` samples ``(n, dim)`` of the model's averaged network from the prior ``N(0, I)`` by ``steps`` steps of a
     sampler that integrates the model's own forward process (VSDM's learned ``A_t`` included):
 
-    * ``"sde"``: Euler-Maruyama on the reverse SDE (the VSDM paper's sampler, 200 steps);
+    * ``"em"``: Euler-Maruyama on the reverse SDE (the VSDM paper's sampler, 200 steps);
     * ``"ode"``: Euler on the probability-flow ODE;
     * ``"gddim"``: gDDIM's deterministic exponential integrator of order 1 on its quadratic time grid
       (:func:`~sde_control.generative.gddim.gddim_sample`; for a process diagonal in a basis its closed form per
       coordinate, :func:`~sde_control.generative.diagonal.exponential_sample`; for VP it is DDIM).
 
-    Each uses one score evaluation per step.
+    Each uses one score evaluation per step (the model's ``last_nfe``): all through the model's one entry point,
+    :meth:`~sde_control.generative.model.GenerativeModel.sample`, em and ode on the uniform grid.
     """
-    if method in ("sde", "ode"):
-        return model.sample(n, steps, method=method, seed=seed)
-    if method != "gddim":
-        raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
-    generator = None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
-    x_T = torch.randn(n, model.dim, generator=generator, device=model.device)
-    times = time_grid(model.sde.T, model.t_min, steps)
-    if isinstance(model.sde, DiagonalLinearSDE):
-        return exponential_sample(model.sde, model.score, x_T, times)
-    return gddim_sample(model.sde, model.score, x_T, steps, times=times)
+    check_method(method, SAMPLERS)
+    return model.sample(n, steps, method=method, grid="quadratic" if method == "gddim" else "uniform", seed=seed)
 
 
 @torch.no_grad()

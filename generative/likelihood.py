@@ -182,12 +182,22 @@ def negative_elbo(score: Score, sde: LinearSDE, x: Tensor, t_min: float, proposa
 
 @dataclass
 class BoundEstimate:
-    """``per_sample`` (n,) estimates of the bound on ``-log p(x_i)`` in nats; their ``mean`` and its
-    ``standard_error`` (sample standard deviation over ``sqrt(n)``)."""
+    """``per_sample`` (n,) estimates of a bound on ``-log p(x_i)`` (in nats, or in bits per dimension); their
+    ``mean`` and its ``standard_error`` (sample standard deviation over ``sqrt(n)``)."""
 
     per_sample: Tensor
     mean: float
     standard_error: float
+
+    @classmethod
+    def of(cls, values: Tensor) -> BoundEstimate:
+        """The summary of per-sample values (n,); refuses non-finite ones."""
+        values = values.double()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("the bound is not finite for some rows (a NaN score, or t_min too small for the decoder)")
+        n = values.numel()
+        se = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
+        return cls(values, float(values.mean()), se)
 
 
 @torch.no_grad()
@@ -198,15 +208,10 @@ def estimate_negative_elbo(score: Score, sde: LinearSDE, x: Tensor, t_min: float
     if repeats < 1 or batch_size < 1:
         raise ValueError(f"repeats and batch_size must be positive, got {repeats}, {batch_size}")
     proposal = TimeProposal(sde, t_min, aux_init_cov)
-    values = torch.cat([
+    return BoundEstimate.of(torch.cat([
         torch.stack([negative_elbo(score, sde, chunk, t_min, proposal, aux_init_cov) for _ in range(repeats)]).mean(0)
         for chunk in x.split(batch_size)
-    ]).double()
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError("the bound is not finite for some rows (a NaN score, or t_min too small for the decoder)")
-    n = values.numel()
-    se = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return BoundEstimate(values, float(values.mean()), se)
+    ]))
 
 
 def bits_per_dim(nll_nats: Tensor | float, dim: int, log_det: Tensor | float = 0.0) -> Tensor | float:
@@ -219,3 +224,9 @@ def bits_per_dim(nll_nats: Tensor | float, dim: int, log_det: Tensor | float = 0
     if dim < 1:
         raise ValueError(f"dim must be positive, got {dim}")
     return (nll_nats - log_det) / (dim * math.log(2))
+
+
+def bound_in_bits(per_sample_nats: Tensor, dim: int, log_det: float = 0.0) -> BoundEstimate:
+    """Per-sample bounds in nats (n,) as a :class:`BoundEstimate` in bits per dimension (:func:`bits_per_dim`); the
+    standard error scales alike, ``SE / (dim ln 2)``."""
+    return BoundEstimate.of(bits_per_dim(per_sample_nats.double(), dim, log_det))

@@ -25,6 +25,18 @@ simulation-free. Training alternates, for ``stages`` stages:
     time-dependent ``A_t`` sends their effect mostly to its knot at ``t = 0``, while a single ``A`` carries them
     into the whole process. That, and the benchmark (``benchmarks/VSDM.md``), is why ``A_t`` is the default.
 
+    **Stein.** The identity ``E[s x^T] = -I`` holds for the exact score only. With the fitted score ``s_theta`` the
+    gradient ``E_bwd[g^2 s_theta x^T] + g^2 I`` also carries the score's own error, ``E_fwd[s_theta x^T] + I``, which
+    does not vanish where the forward process already reaches the prior, and the update then moves ``A`` by it:
+    where plain VP's terminal law already sits at the prior, the forward updates push it away and the samples get
+    worse (what a review saw on a 2-d set the project had not tuned on; ``benchmarks/vsdm_vs_vp.py`` compares
+    ``vsdm`` with ``vsdm_trace``, the ``tr A_t`` update, on five such sets). ``divergence="stein"``
+    (the default for the full matrix) evaluates the divergence term by Stein's identity under the forward marginals
+    with the same fitted score, ``E_fwd[div(A x)] = -E_fwd[(A x) . s_theta]`` on fresh forward draws of the data at the
+    paths' times, so the gradient becomes ``E int g^2 (E_bwd[s_theta x^T] - E_fwd[s_theta x^T])``: zero whenever the
+    backward states are distributed as the forward marginals, whatever the score's error (a test), and the same
+    objective as before for the exact score. ``divergence="exact"`` keeps ``tr A_t``.
+
 The forward process starts at plain VP (``A = 0``), so stage 1's score model is the VP baseline's.
 
 **Blocks and conditions.** With ``blocks = K < d`` the matrices are ``K x K`` and act on ``K`` blocks of ``m = d / K``
@@ -34,7 +46,8 @@ steps, so the transitions cost ``O(D^3)`` per time whatever ``P``. The divergenc
 objective is evaluated with each of the ``m`` channels of a path as a row of its own, which gives ``J / m`` (the
 same minimiser). Trained on a :class:`~.score_model.BatchSource` of ``(x0, condition)`` pairs, the score is
 conditional, and the backward paths of (b) are drawn conditionally: each path from ``N(0, I)`` under the score
-given the condition of a fresh draw of the source. Both networks
+given the condition of a fresh draw of the source (and the Stein divergence scores forward draws given their own
+conditions; its statistic ``E[s x^T]`` is ``K x K``, over the rows of path and channel). Both networks
 keep an exponential moving average; the averaged forward process is the one the score is fitted on, the one the
 backward paths of (b) use, and the one :meth:`VSDM.sample` integrates: one forward process for training and
 sampling. The last stage ends with (a), so the final score belongs to the final forward process. Learning
@@ -46,6 +59,7 @@ schedule.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -55,15 +69,18 @@ import torch
 from torch import Tensor, nn
 
 from sde_control.checkpoints import Checkpointable
-from sde_control.sdes import VP
+from sde_control.sdes import VP, blockwise
 from sde_control.specs import spec_of
 from sde_control.training import LossFn, TrainConfig, Trainer, config_from
 
-from .data import validate
+from .data import Images
 from .diagonal import DiagonalVSDMForward, backward_statistics, diagonal_objective
 from .forward import TimeDependentVSDMForward, VSDMForward
+from .model import BatchSource, DequantisedImages, GenerativeModel
 from .sampling import reverse_paths
-from .score_model import BatchSource, ScoreModel, ScoreTraining
+from .score_model import ScoreModel, ScoreTraining
+
+DIVERGENCES = ("stein", "exact")
 
 
 @dataclass
@@ -115,6 +132,10 @@ class VSDM(ScoreModel):
         image_shape: ``(C, H, W)`` with ``C H W = dim``, for the DCT basis.
         beta_min, beta_max, T: the VP schedule the forward process starts from (the paper: 0.1, 10, 1).
         zeta: weight of the divergence term of the forward objective (module docstring).
+        divergence: how the divergence term is evaluated: ``"stein"`` (by Stein's identity under the forward
+            marginals with the fitted score, so that score errors enter both halves of the gradient alike; the
+            default for the full matrix) or ``"exact"`` (``tr A_t``, exact for the exact score only; the reference
+            code's, and the one of a basis).
         network, width, depth, t_min, ema_decay: of the score model (:class:`ScoreModel`).
         forward_ema_decay: of the forward matrices' average.
     """
@@ -122,7 +143,8 @@ class VSDM(ScoreModel):
     training_config_class = VSDMTraining
 
     def __init__(self, dim: int, *, time_dependent: bool = True, knots: int = 3, beta_min: float = 0.1,
-                 beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, network: nn.Module | None = None,
+                 beta_max: float = 10.0, T: float = 1.0, zeta: float = 1.0, divergence: str | None = None,
+                 network: nn.Module | None = None,
                  width: int = 128, depth: int = 4, t_min: float = 1e-3, ema_decay: float | None = 0.99,
                  forward_ema_decay: float | None = 0.9, basis: str | None = None,
                  image_shape: Sequence[int] | None = None, blocks: int | None = None):
@@ -137,7 +159,13 @@ class VSDM(ScoreModel):
             forward = VSDMForward(dim if blocks is None else blocks, beta_min, beta_max, T)
         # Every rank takes the same forward steps from statistics reduced over the ranks: no gradient averaging.
         self.forward_trainer = Trainer(forward, ema_decay=forward_ema_decay, distribute=False)
-        self.zeta = float(zeta)
+        divergence = ("exact" if basis is not None else "stein") if divergence is None else divergence
+        if divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        if divergence == "stein" and basis is not None:
+            raise ValueError("the Stein divergence is implemented for the full matrix A_t; with a basis use "
+                             "divergence='exact' (or None)")
+        self.zeta, self.divergence = float(zeta), divergence
         self.stage = 0
         self.stages: list[dict[str, Any]] = []
         self._untrained_network = copy.deepcopy(network)  # for vp_baseline
@@ -160,7 +188,7 @@ class VSDM(ScoreModel):
                           width=c["width"], depth=c["depth"], t_min=self.t_min, ema_decay=c["ema_decay"])
 
     # ------------------------------------------------------------------ training
-    def fit(self, x: Tensor | BatchSource, iterations: int = 10_000, batch_size: int = 512, *,
+    def fit(self, x: Tensor | BatchSource | Images, iterations: int = 10_000, batch_size: int = 512, *,
             checkpoint: str | os.PathLike | None = None, resume: bool = True, owner: Checkpointable | None = None,
             **options: Any) -> list[dict[str, Any]]:
         """Alternate score fitting and forward updates (module docstring): ``iterations`` score-network steps on
@@ -178,34 +206,37 @@ class VSDM(ScoreModel):
         :meth:`prior_kl` (``None`` for a :class:`~.score_model.BatchSource`), and the last forward objective value.
         """
         config = config_from(VSDMTraining, dict(iterations=iterations, batch_size=batch_size, **options))
-        source = x if not isinstance(x, Tensor) and hasattr(x, "sample") else None
-        if source is None:
-            x = validate(x, dim=self.dim).to(self.device)
-        elif isinstance(self.sde, DiagonalVSDMForward):
-            raise ValueError("a BatchSource (conditional training) needs the matrix forward process, not basis=")
         owner = self if owner is None else owner
         if checkpoint is not None and resume:
             owner.resume_from(checkpoint, config)
+        data = self._training_data(x)
+        caller_source = not isinstance(data, (Tensor, DequantisedImages))  # batches drawn by the caller's code
+        if caller_source and isinstance(self.sde, DiagonalVSDMForward):
+            raise ValueError("a BatchSource (conditional training) needs the matrix forward process, not basis=")
+        moments = None if caller_source else data  # the data whose moments give the records' prior KL
+        if isinstance(data, DequantisedImages):  # images: the cells' centres
+            moments = data.transform.to_model(data.images, dequantise=False)
         self.training_config = config
         stages = config.stages
         for stage in range(self.stage, stages):
             decay = config.lr_final ** (stage / stages)
-            self.trainer.fit(self._batch_loss(x, config.batch_size),
+            self.trainer.fit(self._batch_loss(data, config),
                              config.loop(iterations=config.iterations // stages, lr=config.lr * decay, lr_final=1.0),
                              description=f"VSDM stage {stage + 1}/{stages}")
             record = {"stage": stage + 1, "A": self.sde.time_averaged_A().tolist(),
-                      "prior_kl": None if source is not None else self.prior_kl(x)}
+                      "prior_kl": None if moments is None else self.prior_kl(moments)}
             if stage < stages - 1 and config.forward_iterations > 0:
-                record["forward_objective"] = self.update_forward(config, stage, source)
+                record["forward_objective"] = self.update_forward(config, stage, data)
             self.stages.append(record)
             self.stage = stage + 1
             if checkpoint is not None:
                 owner.save(checkpoint)
         return self.stages
 
-    def update_forward(self, config: VSDMTraining, stage: int, source: BatchSource | None = None) -> float:
+    def update_forward(self, config: VSDMTraining, stage: int, data: Tensor | BatchSource | None = None) -> float:
         """The forward update that ends stage ``stage`` (counted from 0) of ``config``: ``forward_iterations`` Adam
-        steps on the objective of fresh backward paths (given fresh conditions of ``source``, where it has them), at
+        steps on the objective of fresh backward paths (given fresh conditions of ``data``, where it is a source of
+        conditional batches) and, for the Stein divergence, fresh forward draws of ``data``, at
         ``forward_lr`` decayed as the stage's score learning rate; returns the last objective value. With ``basis``
         and under ``torch.distributed`` the ranks share the ``paths`` and their statistics
         (:func:`~sde_control.generative.diagonal.backward_statistics`)."""
@@ -213,7 +244,7 @@ class VSDM(ScoreModel):
         forward = TrainConfig(iterations=config.forward_iterations, lr=config.forward_lr * decay, weight_decay=0.0,
                               grad_clip=None, lr_final=1.0, progress=False)
         history = self.forward_trainer.fit(
-            self._forward_objective(config.paths, config.path_steps, config.forward_batch, source), forward)
+            self._forward_objective(config.paths, config.path_steps, config.forward_batch, data), forward)
         return history[-1]["loss"]
 
     @torch.no_grad()
@@ -233,7 +264,7 @@ class VSDM(ScoreModel):
                 return self.score(x, t, condition)
 
         x_T = torch.randn(paths, self.dim, device=self.device)
-        states = reverse_paths(sde, score, x_T, steps, self.t_min, method="sde")
+        states = reverse_paths(sde, score, x_T, steps, self.t_min, method="em")
         times = torch.linspace(sde.T, self.t_min, steps + 1, dtype=torch.float64)
         scores = torch.stack([score(states[k], times[k]) for k in range(steps + 1)]).double()
         X = channel_rows(states.double(), sde.K)
@@ -242,20 +273,42 @@ class VSDM(ScoreModel):
         dt[[0, -1]] /= 2
         return X, V, times, sde.beta(times) * dt
 
-    def _forward_objective(self, paths: int, steps: int, batch: int | None, source: BatchSource | None = None
-                           ) -> LossFn:
+    @torch.no_grad()
+    def _stein_statistics(self, data: Tensor | BatchSource, n: int, times: Tensor) -> Tensor:
+        """``E[s(x, t) x^T]`` (N+1, K, K, float64) under the forward marginals at ``times``, over the rows of path and
+        channel (module docstring): ``n`` draws of ``data`` (with their conditions, where it has them) pushed through
+        the exact transitions, scored by the averaged network (module docstring, "Stein")."""
+        x0, condition = self._draw(data, n)
+        x0 = x0.double()
+        psi, cov = (m.to(x0.device) for m in self.sde.marginal_matrices(times))
+        chol = torch.linalg.cholesky(cov)
+        out = []
+        for k in range(times.numel()):
+            x = blockwise(psi[k], x0) + blockwise(chol[k], torch.randn_like(x0))
+            s = self.score(x.float(), times[k], condition).double()
+            x, s = channel_rows(x[None], self.sde.K)[0], channel_rows(s[None], self.sde.K)[0]
+            out.append(s.T @ x / x.shape[0])
+        return torch.stack(out)
+
+    def _forward_objective(self, paths: int, steps: int, batch: int | None,
+                           data: Tensor | BatchSource | None = None) -> LossFn:
         """:func:`variational_objective` on batches of ``batch`` (``None``: all) rows of ``paths`` fresh backward
-        paths (conditional on ``source``'s conditions, where it has them; with ``basis``: its closed form in the
-        paths' statistics, :mod:`~sde_control.generative.diagonal`)."""
+        paths (conditional on the conditions of a caller's source ``data``, where it has them), with the divergence
+        term by Stein's identity on ``paths`` fresh forward draws of ``data`` (``divergence="stein"``); with
+        ``basis``: its closed form in the paths' statistics (:mod:`~sde_control.generative.diagonal`)."""
         if isinstance(self.sde, DiagonalVSDMForward):
             return diagonal_objective(self.forward_trainer.module, self.zeta,
                                       backward_statistics(self.sde, self.score, paths, steps, self.t_min))
+        if self.divergence == "stein" and data is None:
+            raise ValueError("the Stein divergence draws forward states from the training data: pass data")
+        source = None if data is None or isinstance(data, (Tensor, DequantisedImages)) else data
         X, V, times, weights = self._backward_statistics(paths, steps, source)
+        stein = self._stein_statistics(data, paths, times) if self.divergence == "stein" else None
         forward = self.forward_trainer.module
 
         def objective(iteration: int) -> tuple[Tensor, dict[str, float]]:
             rows = slice(None) if batch is None else torch.randint(0, X.shape[1], (batch,))
-            return variational_objective(forward.A(times), X[:, rows], V[:, rows], weights, self.zeta), {}
+            return variational_objective(forward.A(times), X[:, rows], V[:, rows], weights, self.zeta, stein), {}
 
         return objective
 
@@ -277,31 +330,35 @@ def channel_rows(states: Tensor, K: int) -> Tensor:
     return states.reshape(N, n, K, width // K).transpose(-1, -2).reshape(N, n * (width // K), K)
 
 
-def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta: float) -> Tensor:
-    r"""``J(A) = mean_p sum_k w_k (|A_k x|^2 / 2 + A_k x . v + zeta tr A_k)`` (the module docstring's objective
-    divided by ``g^2``, with ``w_k = g^2(t_k) dt_k``) for ``A`` (N+1, d, d), states ``X`` and ``V = z_b / g``
-    (N+1, P, d) and weights (N+1,)."""
+def variational_objective(A: Tensor, X: Tensor, V: Tensor, weights: Tensor, zeta: float,
+                          stein: Tensor | None = None) -> Tensor:
+    r"""``J(A) = mean_p sum_k w_k (|A_k x|^2 / 2 + A_k x . v + zeta div_k)`` (the module docstring's objective divided
+    by ``g^2``, with ``w_k = g^2(t_k) dt_k``) for ``A`` (N+1, K, K), states ``X`` and ``V = z_b / g`` (N+1, P, K)
+    and weights (N+1,). The divergence term ``div_k`` is ``tr A_k``, or with ``stein = E_fwd[s x^T]`` (N+1, K, K)
+    its Stein estimate ``-E_fwd[(A_k x) . s] = -sum_ij (A_k)_ij E[s_i x_j]`` (equal to ``tr A_k`` for the exact
+    score)."""
     Ax = torch.einsum("kij,kpj->kpi", A, X)
-    trace = A.diagonal(dim1=-2, dim2=-1).sum(-1)
-    integrand = 0.5 * Ax.square().sum(-1) + (Ax * V).sum(-1) + zeta * trace[:, None]
+    divergence = A.diagonal(dim1=-2, dim2=-1).sum(-1) if stein is None else -(A * stein).sum((-1, -2))
+    integrand = 0.5 * Ax.square().sum(-1) + (Ax * V).sum(-1) + zeta * divergence[:, None]
     return (weights[:, None] * integrand).sum(0).mean()
 
 
-def fit_equal_budget(model: ScoreModel, x: Tensor, *, checkpoint: str | os.PathLike | None = None,
-                     **options: Any) -> list[dict[str, Any]]:
-    """Train ``model`` with ``options["iterations"]`` score-network steps laid out as ``options["stages"]`` stages
-    (the fields of :class:`VSDMTraining`, with its defaults).
-
-    A :class:`VSDM` trains by its stages; any other :class:`ScoreModel` takes the same number of steps in one run
-    whose stepwise learning-rate decay (``lr_every = iterations / stages``) equals VSDM's stage by stage, and
-    ignores the forward-update options: the equal budget of a comparison.
-    """
+def equal_budget_config(model: GenerativeModel, **options: Any) -> TrainConfig:
+    """The training configuration of ``model`` for ``options`` (the fields of :class:`VSDMTraining`, with its
+    defaults): VSDM keeps them all; any other model (:class:`ScoreModel` on any process, MDM, NDM) drops the options
+    its configuration does not have (stages and forward updates; NDM also the objective) and takes its stepwise
+    learning-rate decays where VSDM's stages end (``lr_every = iterations / stages``): the equal budget of a
+    comparison."""
     config = config_from(VSDMTraining, options)
     if isinstance(model, VSDM):
-        return model.fit(x, checkpoint=checkpoint, **config.as_dict())
-    score_options = {k: v for k, v in config.as_dict().items() if k not in VSDM_ONLY}
-    return model.fit(x, checkpoint=checkpoint, **{**score_options, "lr_every": config.iterations // config.stages})
+        return config
+    known = {field.name for field in dataclasses.fields(model.training_config_class)}
+    own = {k: v for k, v in config.as_dict().items() if k in known}
+    return model.training_config_class(**{**own, "lr_every": config.iterations // config.stages})
 
 
-VSDM_ONLY = {field for field in VSDMTraining.__dataclass_fields__} - set(ScoreTraining.__dataclass_fields__)
-"""The options of :class:`VSDMTraining` that a plain score model does not have (stages and forward updates)."""
+def fit_equal_budget(model: GenerativeModel, x: Tensor | BatchSource | Images, *,
+                     checkpoint: str | os.PathLike | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Train ``model`` with ``options["iterations"]`` network steps laid out as ``options["stages"]`` stages
+    (:func:`equal_budget_config`): VSDM by its stages, any other model in one run with the same learning-rate steps."""
+    return model.fit(x, checkpoint=checkpoint, **equal_budget_config(model, **options).as_dict())

@@ -531,6 +531,18 @@ class MomentODELinearSDE(LinearSDE, nn.Module):
 
         return interpolate(psi, dpsi), interpolate(sigma, dsigma)
 
+    def marginal_matrices(self, t: Tensor, cov0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """From ``t = 0`` the table itself (no interpolation at 0 and no solve, as through
+        :meth:`transition_matrices`)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if bool((t < 0).any() or (t > self.T * (1 + 1e-12)).any()):
+            raise ValueError(f"marginals need 0 <= t <= T = {self.T}")
+        psi, sigma = self._from_zero(t)
+        sigma = 0.5 * (sigma + sigma.transpose(-1, -2))
+        if cov0 is not None:
+            sigma = sigma + psi @ cov0.to(psi) @ psi.transpose(-1, -2)
+        return psi, sigma
+
     def transition_matrices(self, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
         t0, t1 = torch.broadcast_tensors(torch.as_tensor(t0, dtype=torch.float64), torch.as_tensor(t1, dtype=torch.float64))
         if bool((t0 < 0).any() or (t1 > self.T * (1 + 1e-12)).any() or (t1 < t0).any()):

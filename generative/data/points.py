@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["anisotropic_gaussian", "anisotropic_gaussian_covariance", "checkerboard", "gaussian_mixture", "load", "moons", "spiral", "validate"]
+__all__ = ["anisotropic_gaussian", "anisotropic_gaussian_covariance", "banana", "checkerboard", "eight_gaussians",
+           "gaussian_mixture", "load", "moons", "pinwheel", "rings", "spiral", "swiss_roll", "validate"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -108,6 +109,61 @@ def gaussian_mixture(n: int, components: int = 8, radius: float = 8.0, std: floa
     angle = 2 * math.pi * k / components
     means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
     return (means + std * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def rings(n: int, radii: Sequence[float] = (1.0, 2.0, 3.0, 4.0), noise: float = 0.08, seed: int = 0) -> Tensor:
+    r"""Concentric circles of the given ``radii``, each point on ring ``k`` with probability proportional to its
+    radius (uniform along the total length), at a uniform angle, plus ``noise * N(0, I)``."""
+    _check_n(n)
+    g = _generator(seed)
+    r = torch.tensor(radii, dtype=torch.float64)
+    ring = torch.multinomial(r / r.sum(), n, replacement=True, generator=g)
+    angle = 2 * math.pi * torch.rand(n, generator=g, dtype=torch.float64)
+    x = r[ring, None] * torch.stack([angle.cos(), angle.sin()], dim=1)
+    return (x + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def pinwheel(n: int, arms: int = 5, radial_std: float = 0.3, tangential_std: float = 0.1, rate: float = 0.25,
+             seed: int = 0) -> Tensor:
+    r"""The pinwheel of Johnson et al. (2016, "Composing graphical models with neural networks"): ``arms`` equal
+    clusters ``(1 + radial_std z_1, tangential_std z_2)``, each rotated by its arm's angle ``2 pi k / arms`` plus
+    ``rate`` times its radial coordinate (``exp`` of it), which bends the arms."""
+    _check_n(n)
+    g = _generator(seed)
+    arm = torch.randint(0, arms, (n,), generator=g)
+    z = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([radial_std, tangential_std],
+                                                                         dtype=torch.float64)
+    z[:, 0] += 1.0
+    angle = 2 * math.pi * arm.double() / arms + rate * z[:, 0].exp()
+    c, s = angle.cos(), angle.sin()
+    return torch.stack([c * z[:, 0] - s * z[:, 1], s * z[:, 0] + c * z[:, 1]], dim=1).mul(2.0).float()
+
+
+def eight_gaussians(n: int, radius: float = 2.0, std: float = 0.2, seed: int = 0) -> Tensor:
+    r"""Eight narrow Gaussians ``N(mu_k, std^2 I)`` at ``radius (cos pi k / 4, sin pi k / 4)`` (the small-scale
+    "8 Gaussians" of the continuous-flow literature; the ``gaussian_mixture`` default is wider and larger)."""
+    return gaussian_mixture(n, components=8, radius=radius, std=std, seed=seed)
+
+
+def swiss_roll(n: int, noise: float = 0.15, seed: int = 0) -> Tensor:
+    r"""A 2-d Swiss roll without the spiral's stretch: ``theta ~ U(1.5 pi, 4.5 pi)``, point
+    ``theta (cos theta, sin theta) / 5 + noise * N(0, I)``, so radii grow from 0.9 to 2.8 and the turns are closer
+    relative to the noise than the spiral's."""
+    _check_n(n)
+    g = _generator(seed)
+    theta = math.pi * (1.5 + 3.0 * torch.rand(n, generator=g, dtype=torch.float64))
+    x = theta[:, None] * torch.stack([theta.cos(), theta.sin()], dim=1) / 5
+    return (x + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def banana(n: int, curvature: float = 0.25, seed: int = 0) -> Tensor:
+    r"""The banana ``x_1 ~ N(0, 4)``, ``x_2 | x_1 ~ N(curvature x_1^2 - 4 curvature, 1)`` (the README's sampler
+    target, shifted to mean zero): one curved, skewed ridge."""
+    _check_n(n)
+    g = _generator(seed)
+    z = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x1 = 2.0 * z[:, 0]
+    return torch.stack([x1, curvature * (x1**2 - 4.0) + z[:, 1]], dim=1).float()
 
 
 def validate(x: Tensor | np.ndarray | Sequence, dim: int | None = None, name: str = "data") -> Tensor:

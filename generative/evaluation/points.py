@@ -12,22 +12,26 @@ from torch import Tensor
 
 from sde_control.metrics import point_clouds, wasserstein2_squared
 
-from ..score_model import ScoreModel
+from ..model import GenerativeModel
 
 
-def evaluate(model: ScoreModel, reference: Tensor, steps: int, method: str = "ode", solver: str = "euler",
-             seed: int | None = None) -> tuple[dict[str, Any], Tensor, Tensor]:
-    """Draw as many samples as ``reference`` has points with ``steps`` steps of ``method`` and compare.
+def evaluate(model: GenerativeModel, reference: Tensor, steps: int, *, seed: int | None = None,
+             **sampling: Any) -> tuple[dict[str, Any], Tensor, Tensor]:
+    """Draw as many samples as ``reference`` has points with ``steps`` steps of ``model.sample`` (``sampling``: its
+    options, e.g. ``method="gddim", order=2``) and compare.
 
     Returns the metrics, the samples (n, d) and their paths (steps + 1, n, d), on the CPU. Metrics: ``w2``, the
     exact squared 2-Wasserstein distance to ``reference``; ``tv``, the total variation between their histograms;
-    ``straightness`` of the paths (``None`` for the reverse SDE, whose paths have no meaningful length).
+    ``straightness`` of the paths of a deterministic sampler (``None`` for the stochastic ones, whose paths have no
+    meaningful length); ``nfe``, the network evaluations the sampling took.
     """
-    samples, paths = model.sample(len(reference), steps, method=method, solver=solver, return_paths=True, seed=seed)
+    samples, paths = model.sample(len(reference), steps, return_paths=True, seed=seed, **sampling)
     samples, paths = samples.cpu(), paths.cpu()
+    deterministic = sampling.get("method", "ode") in ("ode", "gddim") and not sampling.get("lam", 0)
     metrics = {"w2": wasserstein2_squared(samples, reference), "tv": histogram_distance(samples, reference),
-               "straightness": straightness(paths) if method == "ode" else None}
+               "straightness": straightness(paths) if deterministic else None, "nfe": model.last_nfe}
     return metrics, samples, paths
+
 
 def histogram_distance(x: Tensor | np.ndarray, y: Tensor | np.ndarray, bins: int = 50, margin: float = 0.1) -> float:
     r"""Total variation ``1/2 sum_i |p_i - q_i|`` between the histograms of ``x`` (samples) and ``y`` (reference).

@@ -227,6 +227,9 @@ class Forecaster(Checkpointable):
         relative: model the window relative to the last context value.
         beta_min, beta_max, T: the VP schedule both processes start from.
         knots, zeta, forward_ema_decay: VSDM's ``A_t`` (:class:`~sde_control.generative.vsdm.VSDM`).
+        divergence: how VSDM's forward update evaluates its divergence term
+            (:class:`~sde_control.generative.vsdm.VSDM`); ``"exact"`` (``tr A_t``) is the setting
+            ``benchmarks/TIMESERIES.md`` measured.
         t_min, ema_decay: of the score model (:class:`~sde_control.generative.score_model.ScoreModel`).
         hidden_size, lstm_layers, channels, residual_blocks, cond_channels, time_features: the network's
             (:class:`~sde_control.generative.networks.timeseries.ContextDenoiser`; ``residual_blocks`` is its
@@ -237,9 +240,10 @@ class Forecaster(Checkpointable):
 
     def __init__(self, dim: int, context_length: int, prediction_length: int, process: str = "vp", *,
                  scaling: str = "context", relative: bool = True, beta_min: float = 0.1, beta_max: float = 10.0,
-                 T: float = 1.0, knots: int = 3, zeta: float = 1.0, t_min: float = 1e-3, ema_decay: float | None = 0.99,
-                 forward_ema_decay: float | None = 0.9, hidden_size: int = 64, lstm_layers: int = 2, channels: int = 64,
-                 residual_blocks: int = 8, cond_channels: int = 8, time_features: int = 64):
+                 T: float = 1.0, knots: int = 3, zeta: float = 1.0, divergence: str = "exact", t_min: float = 1e-3,
+                 ema_decay: float | None = 0.99, forward_ema_decay: float | None = 0.9, hidden_size: int = 64,
+                 lstm_layers: int = 2, channels: int = 64, residual_blocks: int = 8, cond_channels: int = 8,
+                 time_features: int = 64):
         for name, value in (("dim", dim), ("context_length", context_length), ("prediction_length", prediction_length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -253,8 +257,9 @@ class Forecaster(Checkpointable):
                                    time_features=time_features)
         vsdm = process == "vsdm"
         self.model = VSDM(dim * prediction_length, blocks=dim if vsdm else 1, time_dependent=vsdm, knots=knots,
-                          beta_min=beta_min, beta_max=beta_max, T=T, zeta=zeta, network=WindowNetwork(denoiser),
-                          t_min=t_min, ema_decay=ema_decay, forward_ema_decay=forward_ema_decay)
+                          beta_min=beta_min, beta_max=beta_max, T=T, zeta=zeta, divergence=divergence,
+                          network=WindowNetwork(denoiser), t_min=t_min, ema_decay=ema_decay,
+                          forward_ema_decay=forward_ema_decay)
 
     @property
     def sde(self):
@@ -311,12 +316,12 @@ class Forecaster(Checkpointable):
 
     # ------------------------------------------------------------------ forecasting
     @torch.no_grad()
-    def forecast(self, context: ArrayLike, num_samples: int = 100, *, steps: int = 100, method: str = "sde",
+    def forecast(self, context: ArrayLike, num_samples: int = 100, *, steps: int = 100, method: str = "em",
                  seed: int | None = None) -> Tensor:
         """Sample paths ``(B, num_samples, P, D)`` of the windows following contexts ``(B, C', D)``, in the
-        original units: ``steps`` steps of the reverse SDE (``method="sde"``) or of the probability-flow ODE
-        (``"ode"``) from the prior, given each context. ``C'`` may exceed ``context_length``: the last
-        ``context_length`` steps are used. ``seed`` fixes the draws."""
+        original units: ``steps`` Euler-Maruyama steps of the reverse SDE (``method="em"``) or Euler steps of the
+        probability-flow ODE (``"ode"``) on the uniform grid from the prior, given each context. ``C'`` may exceed
+        ``context_length``: the last ``context_length`` steps are used. ``seed`` fixes the draws."""
         context = torch.as_tensor(context, dtype=torch.float32, device=self.device)
         if context.ndim != 3 or context.shape[2] != self.dim:
             hint = " (one window: context[None])" if context.ndim == 2 else ""
@@ -334,7 +339,7 @@ class Forecaster(Checkpointable):
         context = context[:, -self.context_length:]
         B, S, P = context.shape[0], num_samples, self.prediction_length
         y_context, _, frame = self.scaling.to_model(context)
-        states = self.model.sample(B * S, steps, method=method, seed=seed,
+        states = self.model.sample(B * S, steps, method=method, grid="uniform", seed=seed,
                                    condition=y_context.repeat_interleave(S, dim=0))
         return self.scaling.to_data(from_state(states, P).reshape(B, S, P, self.dim), frame)
 

@@ -122,3 +122,24 @@ def test_evaluations_smoke_resumes_and_notes_what_is_missing(tmp_path):
 def test_exploration_smoke(tmp_path):
     text = run("exploration.py", "--smoke", "--out", str(tmp_path / "cells"), "--jobs", "1", cwd=tmp_path)
     assert "| pis | 0 |" in text and "| cmcd | 2 |" in text
+
+
+def test_vsdm_vs_vp_smoke(tmp_path):
+    args = ("--budget", "smoke", "--data", "spiral,rings", "--models", "vp,vp_std,vsdm",
+            "--out", str(tmp_path / "cells"), "--table", str(tmp_path / "VSDM.md"))
+    text = run("vsdm_vs_vp.py", *args, cwd=tmp_path)
+    assert "| rings (unseen) | noise floor (exact vs exact) |" in text
+    assert "| spiral (8x along y) | VSDM (A_t) | 20 |" in text
+    assert "| rings (unseen) | VP, standardised data | 50 |" in (tmp_path / "VSDM.md").read_text()
+
+
+def test_multivariate_smoke(tmp_path):
+    common = ("--budget", "smoke", "--out", str(tmp_path / "cells"), "--table", str(tmp_path / "MULTIVARIATE.md"))
+    run("multivariate.py", "likelihood", "--models", "vp,cld,mdm,ndm", *common, cwd=tmp_path)
+    samplers = ("--samplers", "gddim2c,em")
+    run("multivariate.py", "nfe", "--data", "digits", *samplers, *common, cwd=tmp_path)
+    text = run("multivariate.py", "nfe", "--data", "points", *samplers, *common, cwd=tmp_path)
+    assert "| MDM (learned, aux = 1) |" in text and "| NDM |" in text
+    assert "| CLD | gDDIM, order 2 + corrector | - |" in text  # no cell at odd NFE for two evaluations a step
+    assert text.count("noise floor (exact against exact)") == 2
+    assert (tmp_path / "multivariate_digits.png").stat().st_size > 1000

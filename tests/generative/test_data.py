@@ -8,7 +8,8 @@ import torch
 
 from sde_control.generative import data
 
-GENERATORS = [data.spiral, data.checkerboard, data.moons, data.anisotropic_gaussian, data.gaussian_mixture]
+GENERATORS = [data.spiral, data.checkerboard, data.moons, data.anisotropic_gaussian, data.gaussian_mixture, data.rings,
+              data.pinwheel, data.eight_gaussians, data.swiss_roll, data.banana]
 
 
 @pytest.mark.parametrize("generator", GENERATORS, ids=lambda g: g.__name__)
@@ -39,6 +40,26 @@ def test_anisotropic_gaussian_has_its_covariance():
     torch.testing.assert_close(x.double().mean(0), torch.tensor([1.0, -2.0], dtype=torch.float64), atol=0.1, rtol=0)
     major = torch.linalg.eigh(cov).eigenvectors[:, 1]
     assert abs(float(major @ torch.tensor([-0.5, math.sqrt(3) / 2], dtype=torch.float64))) == pytest.approx(1.0)
+
+
+def test_the_unseen_shapes_have_their_structure():
+    n = 40_000
+    radius = data.rings(n, noise=0.0).double().norm(dim=1)
+    assert torch.isin(radius.round(decimals=6), torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)).all()
+    # ring k is chosen with probability r_k / 10: the fraction on the outer ring is 0.4 within 5 standard errors
+    assert abs(float((radius > 3.5).double().mean()) - 0.4) < 5 * math.sqrt(0.24 / n)
+    # banana: x_2 given x_1 is N(x_1^2 / 4 - 1, 1); the residual has mean 0 and variance 1 (5 standard errors)
+    x = data.banana(n).double()
+    residual = x[:, 1] - (x[:, 0] ** 2 / 4 - 1)
+    assert abs(float(residual.mean())) < 5 / math.sqrt(n) and abs(float(residual.var()) - 1) < 5 * math.sqrt(2 / n)
+    # eight Gaussians: every point within 5 std of its nearest centre at radius 2
+    x = data.eight_gaussians(n).double()
+    angle = torch.arange(8, dtype=torch.float64) * math.pi / 4
+    centres = 2.0 * torch.stack([angle.cos(), angle.sin()], dim=1)
+    assert float(torch.cdist(x, centres).min(dim=1).values.max()) < 5 * 0.2 * math.sqrt(2)
+    # pinwheel: the radius is 2 |(1 + 0.3 z_1, 0.1 z_2)| (a rotation keeps it): within 2 (1 + 0.3 * 5.5) + 0.2 * 5.5
+    x = data.pinwheel(n).double()
+    assert float(x.norm(dim=1).max()) < 2 * (1 + 0.3 * 5.5) + 0.2 * 5.5
 
 
 def test_validate_accepts_arrays_and_rejects_what_cannot_be_trained_on():

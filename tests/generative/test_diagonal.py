@@ -198,7 +198,7 @@ def test_every_sampler_integrates_the_learned_A_t():
     n = 4000
     # The reverse drift expands the long axis at rate beta (1/2 - lambda) <= 10: Euler-Maruyama needs fine steps,
     # Heun's second order far fewer.
-    for method, steps, solver in (("sde", 600, "euler"), ("ode", 100, "heun"), ("gddim", 100, None)):
+    for method, steps, solver in (("em", 600, "euler"), ("ode", 100, "heun"), ("gddim", 100, None)):
         with torch.no_grad():
             if method == "gddim":  # the exponential integrator integrates the linear part exactly
                 x, wrong = (images.sample(m, n, steps, "gddim", seed=0).double() for m in (model, vp))
@@ -239,3 +239,21 @@ def test_the_exponential_sampler_is_gddim_of_order_one_on_the_dense_form(knots):
     # order on the substep that holds the jump (an error of order the substep times the jump: 1e-3 here).
     tolerance = 1e-6 if knots == 1 else 3e-3
     torch.testing.assert_close(ours, gddim_sample(sde, score, x_T, 12, times=times), rtol=0, atol=tolerance)
+
+
+def test_model_sample_takes_the_exponential_sampler_for_gddim_of_order_one():
+    """``model.sample(method="gddim")`` on a process diagonal in a basis is :func:`exponential_sample` from the same
+    prior draw on the same grid (``O(d)`` per step at any ``d``), with one network evaluation per step counted; its
+    path ends at the sample. Other gDDIM options take the dense integrator (small ``d`` only)."""
+    from sde_control.generative import VSDM
+    from sde_control.generative.diagonal import exponential_sample
+    from sde_control.generative.gddim import time_grid
+
+    model = VSDM(6, basis="dct", image_shape=(1, 2, 3), width=8, depth=2)
+    y, paths = model.sample(40, 9, method="gddim", seed=4, return_paths=True)
+    assert model.last_nfe == 9 and paths.shape == (10, 40, 6)
+    torch.testing.assert_close(paths[-1], y)
+    x_T = torch.randn(40, 6, generator=torch.Generator().manual_seed(4))
+    times = time_grid(model.sde.T, model.t_min, 9)
+    torch.testing.assert_close(y, exponential_sample(model.sde, model.score, x_T, times))
+    assert model.sample(40, 9, method="gddim", order=2, seed=4).shape == (40, 6) and model.last_nfe == 9

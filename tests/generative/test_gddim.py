@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from sde_control.generative import VSDMForward
-from sde_control.generative.augmented import augmented_gaussian, conditional_cholesky, gaussian_marginal_score
+from sde_control.generative.augmented import augmented_gaussian, conditional_cholesky
 from sde_control.generative.gddim import gddim_coefficients, gddim_sample, time_grid
 from sde_control.generative.sampling import reverse_paths
-from sde_control.generative.score_matching import gaussian_marginal
+from sde_control.generative.score_matching import gaussian_marginal, gaussian_score
 from sde_control.sdes import CLD, MALDA, VP, AuxiliaryVariableSDE
 
 f64 = dict(dtype=torch.float64)
@@ -67,7 +67,7 @@ def test_point_data_is_recovered_exactly_in_one_step(name):
     """For data at one point the exact score makes eps = R_t^{-1}(u - Psi_t [x; 0]) constant along the probability
     flow: one deterministic step lands on Psi [x; 0] + R_{t_min} eps path by path; with lam > 0 the law is exact."""
     sde = SDES[name]()
-    score = gaussian_marginal_score(sde, MU, torch.zeros(2, 2, **f64))
+    score = gaussian_score(sde, MU, torch.zeros(2, 2, **f64))
     D = 2 * (1 + sde.aux)
     m0, C0 = augmented_gaussian(sde, MU, torch.zeros(2, 2, **f64))
     mT, CT = gaussian_marginal(sde, torch.tensor(sde.T, **f64), m0, C0)
@@ -122,7 +122,7 @@ EULER_RATIO = {"vp": 1.5, "cld": 1e3, "malda": 1e3}
 @pytest.mark.parametrize("name", ["vp", "cld", "malda"])
 def test_gddim_beats_euler_at_equal_evaluations(name):
     sde = SDES[name]()
-    score = gaussian_marginal_score(sde, MU, NARROW)
+    score = gaussian_score(sde, MU, NARROW)
     kl = {order: data_kl(sampled_law(lambda x: gddim_sample(sde, score, x, 10, order=order), sde, NARROW), sde)
           for order in (1, 2, 3)}
     euler = data_kl(sampled_law(lambda x: reverse_paths(sde, score, x, 10, T_MIN, method="ode")[-1], sde, NARROW), sde)
@@ -212,7 +212,7 @@ def test_stochastic_sampler_converges_to_the_marginals(name):
     x_T = torch.randn(n, C.shape[0], **f64)
     m0, C0 = augmented_gaussian(sde, MU, cov)
     mT, CT = gaussian_marginal(sde, torch.tensor(sde.T, **f64), m0, C0)
-    out = gddim_sample(sde, gaussian_marginal_score(sde, MU, cov), mT + x_T @ torch.linalg.cholesky(CT).T, 20, lam=1.0,
+    out = gddim_sample(sde, gaussian_score(sde, MU, cov), mT + x_T @ torch.linalg.cholesky(CT).T, 20, lam=1.0,
                        generator=torch.Generator().manual_seed(0))
     # Five standard errors per mean and covariance entry.
     assert ((out.mean(0) - mean).abs() < 5 * (C.diagonal() / n).sqrt()).all()

@@ -48,13 +48,13 @@ def test_the_image_command_trains_resumes_and_scores(tmp_path):
         run(compose_config("model=vsdm", "train.iterations=30", "train.lr=1e-3"), tmp_path)
 
     grids = run(compose_config("model=vsdm", "task=sample"), tmp_path)["grids"]
-    assert [name.rsplit("/", 1)[-1] for name in grids] == ["samples-sde-5.png", "samples-ode-5.png",
+    assert [name.rsplit("/", 1)[-1] for name in grids] == ["samples-em-5.png", "samples-ode-5.png",
                                                             "samples-gddim-5.png"]
     scores = run(compose_config("model=vsdm", "task=fid", "fid.samples=32"), tmp_path)["rows"]
-    assert [(r["method"], r["steps"], r["samples"]) for r in scores] == [("sde", 5, 32), ("ode", 5, 32),
+    assert [(r["method"], r["steps"], r["samples"]) for r in scores] == [("em", 5, 32), ("ode", 5, 32),
                                                                           ("gddim", 5, 32), ("held-out data", 0, 360)]
     assert all(r["fid"] >= 0 and "random-features" in r["implementation"] for r in scores)
-    assert (tmp_path / "fid.json").is_file() and "| sde | 5 |" in (tmp_path / "fid.md").read_text()
+    assert (tmp_path / "fid.json").is_file() and "| em | 5 |" in (tmp_path / "fid.md").read_text()
 
 
 def test_bad_image_settings_are_named(tmp_path):
@@ -66,6 +66,8 @@ def test_bad_image_settings_are_named(tmp_path):
         run(compose_config("model=vp", "task=fid"), tmp_path)
     with pytest.raises(Exception, match="CIFAR-10 not found.*cs.toronto.edu"):  # (Hydra wraps it)
         run(compose_config("data=cifar10", f"data.root={tmp_path}"), tmp_path)
+    with pytest.raises(ValueError, match=r"method must be one of \('em', 'ode', 'gddim'\), got 'sde'"):
+        images.sample(tiny_vsdm(), 2, 3, method="sde")
     assert images.resolve_precision("auto", torch.device("cpu")) == "float32"
     assert images.resolve_precision("float16", torch.device("cpu")) == "float16"
 

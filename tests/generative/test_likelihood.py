@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from sde_control.generative import VSDMForward
+from sde_control.generative import MDM, VSDM, ScoreModel, VSDMForward
+from sde_control.generative.augmented import conditional_cholesky
 from sde_control.generative.likelihood import (
     TimeProposal,
     bits_per_dim,
@@ -22,7 +23,7 @@ from sde_control.generative.likelihood import (
     prior_kl,
     reconstruction_log_likelihood,
 )
-from sde_control.sdes import ALDA, CLD, MALDA, VE, VP, AuxiliaryVariableSDE
+from sde_control.sdes import ALDA, CLD, MALDA, VE, VP, AuxiliaryVariableSDE, blockwise
 
 f64 = dict(dtype=torch.float64)
 MU = torch.tensor([0.5, -1.0], **f64)
@@ -257,3 +258,60 @@ def test_bad_input_is_refused():
         negative_elbo(lambda u, t: u, VSDMForward(3), torch.zeros(3, 2, **f64), T_MIN)
     with pytest.raises(ValueError, match="positive"):
         estimate_negative_elbo(lambda u, t: u, VP(), torch.zeros(3, 2, **f64), T_MIN, repeats=0)
+
+
+class LinearNoise(torch.nn.Module):
+    """The noise prediction ``eps = -L_t^T s(u, t)`` of a linear score, on a model's own process (``sde()``)."""
+
+    def __init__(self, score, sde):
+        super().__init__()
+        self.linear_score, self.sde = score, sde
+        self.unused = torch.nn.Parameter(torch.zeros(()))  # a trainer needs one parameter
+
+    def forward(self, u, t):
+        t = torch.as_tensor(t, **f64)
+        _, chol = conditional_cholesky(self.sde(), t)
+        return -blockwise(chol.transpose(-1, -2), self.linear_score(u.double(), t)).to(u.dtype)
+
+
+def models():
+    """Every model kind whose bound is the one of this module, on a non-trivial process."""
+    out = {}
+    for name in ("vp", "cld", "malda", "alda"):
+        sde = SDES[name]()
+        out[name] = (sde, lambda network, sde=sde, name=name: ScoreModel(
+            2, sde, network, t_min=T_MIN_ALDA if name == "alda" else T_MIN))
+    mdm_sde = learned_mdm()
+
+    def mdm(network):
+        model = MDM(2, network=network)
+        for module in (model.trainer.module, model.trainer.averaged):
+            module["sde"].load_state_dict(mdm_sde.state_dict())
+        return model
+
+    out["mdm"] = (mdm_sde, mdm)
+    vsdm_sde = vsdm()
+
+    def vsdm_model(network):
+        model = VSDM(2, time_dependent=False, network=network)
+        model.sde.weight.data.copy_(vsdm_sde.weight)
+        return model
+
+    out["vsdm"] = (vsdm_sde, vsdm_model)
+    return out
+
+
+@pytest.mark.parametrize("name", ["vp", "cld", "malda", "alda", "mdm", "vsdm"])
+def test_every_model_reports_the_closed_form_bound_in_bits_per_dimension(name):
+    """Through the public API: a model whose network is a (deliberately wrong) linear score reports, at a data point,
+    the closed-form bound divided by d ln 2 (4 standard errors), with the standard error of its per-row values."""
+    sde, build = models()[name]
+    case = Gaussian(sde)
+    model = build(LinearNoise(case.score(wrong=True), lambda: model.sde))
+    x0 = torch.tensor([0.8, -1.3], **f64)
+    terms = case.closed_form(True, torch.zeros(2, 2, **f64), x_mean=x0, t_min=model.t_min)
+    expected = (-terms["reconstruction"] + terms["prior"] + terms["diffusion"]) / (2 * math.log(2))
+    n = 3000
+    estimate = model.bits_per_dim(x0.float().expand(n, 2), seed=0)
+    assert estimate.standard_error == pytest.approx(float(estimate.per_sample.std()) / math.sqrt(n))
+    assert abs(estimate.mean - expected) < 4 * estimate.standard_error, (estimate.mean, expected)

@@ -18,17 +18,64 @@ MAJOR = torch.tensor([-math.sin(math.radians(ANGLE)), math.cos(math.radians(ANGL
 COV, MEAN = data.anisotropic_gaussian_covariance(STD, ANGLE), torch.zeros(2, **f64)
 
 
-def objective_gradient(sde, X, zeta, times):
-    """``dJ/dA`` at the current ``A`` for states ``X`` (N+1, P, 2) with the exact Gaussian score."""
-    score = gaussian_score(sde, MEAN, COV)
+def objective_gradient(sde, X, zeta, times, score=None, stein=None):
+    """``dJ/dA`` at the current ``A`` for states ``X`` (N+1, P, 2) with the exact Gaussian score (or ``score``)."""
+    score = gaussian_score(sde, MEAN, COV) if score is None else score
     with torch.no_grad():  # the backward control is frozen
         V = torch.stack([score(X[k], times[k]) for k in range(len(times))]) - torch.einsum("ij,kpj->kpi", sde.weight, X)
     dt = torch.full_like(times, float(times[0] - times[1]))
     dt[[0, -1]] /= 2
     weights = sde.beta(times) * dt
     A = sde.weight.expand(len(times), 2, 2)
-    (grad,) = torch.autograd.grad(variational_objective(A, X, V, weights, zeta), sde.weight)
+    (grad,) = torch.autograd.grad(variational_objective(A, X, V, weights, zeta, stein), sde.weight)
     return grad, weights.sum()
+
+
+def forward_marginals(sde, times, n):
+    with torch.no_grad():
+        mean, cov = gaussian_marginal(sde, times, MEAN, COV)
+        return mean[:, None] + torch.randn(len(times), n, 2, **f64) @ torch.linalg.cholesky(cov).transpose(-1, -2)
+
+
+def test_the_stein_divergence_keeps_the_fixed_point_for_any_score():
+    """With states from the forward marginals the process is already the bridge's: nothing should move. With the
+    divergence ``tr A`` that holds only for the exact score: a score 1.2 times too large gives ``dJ/dA = (1 - 1.2)
+    int g^2 I``. The Stein divergence ``-E_fwd[(A x) . s]``, measured with the same score on independent forward
+    draws, cancels the score's error: the gradient is zero to the Monte Carlo error (as above, 0.05 int g^2); with
+    the exact score both divergences agree."""
+    sde = VSDMForward(2)
+    times = torch.linspace(1.0, 1e-3, 41, **f64)
+    exact = gaussian_score(sde, MEAN, COV)
+
+    def wrong(x, t):
+        return 1.2 * exact(x, t)
+
+    X, fresh = forward_marginals(sde, times, 20_000), forward_marginals(sde, times, 20_000)
+    for score, factor in ((exact, 1.0), (wrong, 1.2)):
+        stein = torch.stack([score(fresh[k], times[k]).T @ fresh[k] / fresh.shape[1] for k in range(len(times))])
+        grad, total = objective_gradient(sde, X, 1.0, times, score)
+        torch.testing.assert_close(grad, (1 - factor) * total * torch.eye(2, **f64), atol=0.05 * float(total), rtol=0)
+        grad, total = objective_gradient(sde, X, 1.0, times, score, stein)
+        torch.testing.assert_close(grad, torch.zeros(2, 2, **f64), atol=0.05 * float(total), rtol=0)
+
+
+def test_the_stein_statistics_on_blocks_equal_minus_the_identity_for_the_exact_score():
+    """With ``K = 2`` blocks of ``m = 3`` channels, ``A_t kron I_3`` has divergence ``3 tr A_t``; per row of path and
+    channel the Stein statistic ``E[s x^T]`` over the forward marginals is ``-I_2`` for the exact score (Stein's
+    identity), so the Stein divergence equals ``tr A_t`` as the exact one does. 20000 draws give 60000 rows: the
+    Monte Carlo error per entry is about 1.5 / sqrt(60000) = 0.006, well inside 0.05."""
+    model = VSDM(6, blocks=2, width=8, depth=2)
+    with torch.no_grad():  # a learned A_t that mixes the two blocks (its transitions no longer scale every block alike)
+        model.sde.weight.copy_(torch.tensor([[[-0.5, 0.3], [0.1, 0.2]], [[0.4, -0.2], [0.3, -0.6]],
+                                             [[0.0, 0.5], [-0.5, 0.0]]], **f64))
+    cov = torch.diag(torch.tensor([4.0, 1.0, 0.25, 2.0, 0.5, 1.0], **f64))
+    mean = torch.tensor([1.0, -1.0, 0.0, 0.5, 0.0, -0.5], **f64)
+    exact = gaussian_score(model.sde, mean, cov)
+    model.score = lambda x, t, condition=None: exact(x.double(), t).float()
+    x0 = mean + torch.randn(50_000, 6, **f64) @ cov.sqrt()
+    times = torch.linspace(1.0, 1e-3, 5, **f64)
+    stein = model._stein_statistics(x0.float(), 20_000, times)
+    torch.testing.assert_close(stein, -torch.eye(2, **f64).expand(5, 2, 2), atol=0.05, rtol=0)
 
 
 def test_forward_objective_has_the_fixed_point_and_the_pull():
@@ -45,7 +92,8 @@ def test_forward_objective_has_the_fixed_point_and_the_pull():
         # Monte Carlo error of E[s x^T] per time: about 1.5 / sqrt(20000) per entry (whitened chi-square terms).
         torch.testing.assert_close(grad, (zeta - 1) * total * torch.eye(2, **f64), atol=0.05 * float(total), rtol=0)
     with torch.no_grad():
-        backward = reverse_paths(sde, gaussian_score(sde, MEAN, COV), torch.randn(20_000, 2, **f64), 40, 1e-3, method="sde")
+        backward = reverse_paths(sde, gaussian_score(sde, MEAN, COV), torch.randn(20_000, 2, **f64), 40, 1e-3,
+                                 method="em")
     grad, total = objective_gradient(sde, backward, 1.0, times)
     minor = torch.tensor([MAJOR[1], -MAJOR[0]])
     assert float(MAJOR @ grad @ MAJOR) > 0.1 * float(total) > abs(float(minor @ grad @ minor))
@@ -156,16 +204,22 @@ class ConditionedWindows:
         return c.expand(-1, 6) + 0.1 * torch.randn(batch_size, 6), c
 
 
-def test_on_blocks_and_conditions_the_forward_update_draws_backward_paths_given_conditions():
+@pytest.mark.parametrize("divergence", ["exact", "stein"])
+def test_on_blocks_and_conditions_the_forward_update_draws_backward_paths_given_conditions(divergence):
     network = RecordingNetwork()
-    model = VSDM(6, blocks=2, network=network)
+    model = VSDM(6, blocks=2, network=network, divergence=divergence)
     assert model.sde.K == 2
     model.fit(ConditionedWindows(), 4, batch_size=8, stages=2, forward_iterations=2, paths=10, path_steps=3,
               progress=False)
     # The backward paths (after stage 1 only) evaluate the averaged network's score along the way and then at their
-    # 4 states, all given the conditions of one draw of the source.
-    backward = model.trainer.averaged.conditions
-    assert len(backward) >= 4 and all(c is backward[0] for c in backward) and backward[0].shape == (10, 1)
+    # 4 states, all given the conditions of one draw of the source; the Stein divergence then scores 10 fresh forward
+    # draws at the same 4 times, given their own conditions (a second draw).
+    recorded = model.trainer.averaged.conditions
+    draws = [c for i, c in enumerate(recorded) if all(c is not d for d in recorded[:i])]
+    assert len(draws) == (1 if divergence == "exact" else 2) and all(c.shape == (10, 1) for c in draws)
+    assert sum(c is draws[0] for c in recorded) >= 4
+    if divergence == "stein":
+        assert sum(c is draws[1] for c in recorded) == 4 and recorded[-1] is draws[1]
     assert [r["prior_kl"] for r in model.stages] == [None, None]
     with pytest.raises(ValueError, match="2 x 2 blocks, which cannot act on data of dimension 5"):
         VSDM(5, blocks=2)

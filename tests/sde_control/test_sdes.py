@@ -200,6 +200,12 @@ def test_moment_ode_matches_the_matrix_exponential():
         torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)
     with pytest.raises(ValueError, match="0 <= t0 <= t1 <= T"):
         numerical.transition_matrices(torch.tensor(0.5, **f64), torch.tensor(0.2, **f64))
+    # The marginals from 0 read the table directly; with a start covariance they add Psi cov0 Psi^T.
+    cov0 = torch.tensor([[0.0, 0.0], [0.0, 0.01]], **f64)
+    for ours, theirs in zip(numerical.marginal_matrices(t1, cov0), exact.marginal_matrices(t1, cov0)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="0 <= t <= T"):
+        numerical.marginal_matrices(torch.tensor(1.5, **f64))
 
 
 def test_moment_ode_is_differentiable_and_caches_when_frozen():

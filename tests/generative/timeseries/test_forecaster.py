@@ -252,6 +252,8 @@ def test_bad_forecast_input_and_options_fail_with_clear_messages():
     with pytest.raises(ValueError, match=r"NaN or infinite entries \(windows \[1\]\)"):
         model.forecast(nan)
     assert model.forecast(torch.ones(2, 9, 3), 3, steps=2).shape == (2, 3, 4, 3)  # a longer context: its tail
+    with pytest.raises(ValueError, match=r"method must be one of \('em', 'ode', 'gddim'\).*'sde' is now 'em'"):
+        model.forecast(torch.ones(2, 6, 3), 3, steps=2, method="sde")
     with pytest.raises(ValueError, match="process must be one of"):
         Forecaster(3, 6, 4, process="ddpm")
     with pytest.raises(ValueError, match="context_length must be a positive int"):
