@@ -7,8 +7,9 @@
 Sections (each rewrites its own part of benchmarks/RESULTS.md):
 
 * ``levers``: full training steps of DIS on the 10-d Funnel (log-variance loss, batch 2048, 200 steps) for each
-  speed lever on its own and combined (threads, ``torch.compile`` of the control network, the two-pass loss, a
-  hand-written loop with and without in-place sums), each in a fresh process, and, with ``--peer``, the DIS paper's
+  speed lever on its own and combined (threads, ``torch.compile`` of the control network, the two-pass loss,
+  glibc's allocator keeping freed memory, a hand-written loop with and without in-place sums), each in a fresh
+  process, and, with ``--peer``, the DIS paper's
   reference implementation (github:juliusberner/sde_sampler, built by ``../shared/tools/peer_setup.sh``) side by
   side in alternating rounds: the ratio of the two step times. Without ``--peer`` it says so and reports the ratio
   to the hand-written loop.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import statistics
@@ -125,6 +127,9 @@ LEVERS: dict[str, dict[str, Any]] = {
     "compiled network (torch.compile)": {"compile": True},
     "compiled network, one thread": {"compile": True, "threads": 1},
     "two-pass log-variance loss (lv_chunk=50)": {"lv_chunk": 50},
+    "compiled network + two-pass loss": {"compile": True, "lv_chunk": 50},
+    "glibc malloc keeps freed memory (GLIBC_TUNABLES)": {"env": {
+        "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"}},
     "hand-written loop, in-place sum": {"hand_written": "in-place"},
     "hand-written loop, out-of-place sum": {"hand_written": "out-of-place"},
 }
@@ -161,8 +166,10 @@ def training_child(options: dict[str, Any], batch: int, steps: int, iterations: 
 
 def ours(options: dict[str, Any], batch: int, steps: int, iterations: int) -> tuple[list[float], int]:
     """The step times of :func:`training_child` in a fresh process (its own threads and compilation caches)."""
-    out = subprocess.run([sys.executable, __file__, "--training-child", json.dumps(options), str(batch), str(steps),
-                          str(iterations)], capture_output=True, text=True, check=True)
+    child = {k: v for k, v in options.items() if k != "env"}
+    out = subprocess.run([sys.executable, __file__, "--training-child", json.dumps(child), str(batch), str(steps),
+                          str(iterations)], capture_output=True, text=True, check=True,
+                         env={**os.environ, **options.get("env", {})})
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["times"], result["threads"]
 
