@@ -325,7 +325,7 @@ def gaussian_gaps(case, t_min):
     two non-negative gaps between the bound's mean and the entropy of the data, from the data's law alone (the
     marginal at T, the prior and the decoder's Gaussian information at t_min; no term of the bound's formula)."""
     _, _, _, mT, CT = case.at(case.sde.T)
-    prior = full(case.sde.prior_covariance().double(), case.m)
+    prior = full(case.sde.prior_covariance().detach().double(), case.m)
     kl_T = 0.5 * float(torch.trace(torch.linalg.solve(prior, CT)) + mT @ torch.linalg.solve(prior, mT) - case.D
                        + torch.logdet(prior) - torch.logdet(CT))
     P, S, _, _, _ = case.at(t_min)
