@@ -17,6 +17,7 @@ from sde_control.generative.augmented import augmented_gaussian, conditional_cho
 from sde_control.generative.likelihood import (
     TimeProposal,
     bits_per_dim,
+    decoder_variance,
     diffusion_integrand,
     estimate_negative_elbo,
     negative_elbo,
@@ -397,3 +398,20 @@ def test_with_the_exact_score_the_bound_is_the_true_negative_log_likelihood_of_a
     se = float(excess.std()) / math.sqrt(excess.numel())
     prior_gap = float(prior_kl(sde, x).detach().mean()) / (2 * math.log(2))
     assert -4 * se < float(excess.mean()) < prior_gap + 0.02 + 4 * se, (float(excess.mean()), prior_gap, se)
+
+
+def test_decoder_variance_is_the_noise_floor_of_the_data_at_t_min():
+    """VP: sigma^2 / alpha^2 = exp(int beta) - 1 (closed form). The augmented processes' floors at the common
+    t_min = 1e-3 lie decades below VP's 0.0102 (docs/generative.md, the bound's noise floor), and the t_min of the
+    docs' table reaches VP's floor (to 3%)."""
+    vp = VP(0.1, 10.0)
+    B = vp.schedule.integral(torch.tensor(0.0, **f64), torch.tensor(T_MIN, **f64))
+    assert float(decoder_variance(vp, T_MIN)) == pytest.approx(float(torch.expm1(B)), rel=1e-9)
+    floor = float(decoder_variance(vp, T_MIN).sqrt())
+    sd = {name: float(decoder_variance(SDES[name](), t).detach().sqrt())
+          for name, t in (("cld", T_MIN), ("malda", T_MIN), ("alda", T_MIN_ALDA))}
+    assert sd["cld"] == pytest.approx(6.8e-4, rel=0.02)
+    assert sd["malda"] == pytest.approx(1.7e-6, rel=0.03)
+    assert sd["alda"] == pytest.approx(9.5e-6, rel=0.02)
+    for name, t_min in (("cld", 0.0075), ("malda", 0.0925), ("alda", 0.245)):
+        assert float(decoder_variance(SDES[name](), t_min).detach().sqrt()) == pytest.approx(floor, rel=0.03)
