@@ -136,6 +136,17 @@ def diffusion_integrand(score: Score, sde: LinearSDE, x: Tensor, t: Tensor, eps:
     return 0.5 * (blockwise(sde.noise_matrix(t), residual) * residual).sum(-1)
 
 
+def decoder_variance(sde: LinearSDE, t_min: float, aux_init_cov: Tensor | None = None) -> Tensor:
+    r"""``V = (C^T S^{-1} C)^{-1}`` (float64, one row and column per data block; ``C`` the data columns of
+    ``Psi_{t_min}``, ``S`` the covariance of ``q(u_{t_min} | x)``): the decoder's variance, i.e. the data's noise
+    floor at ``t_min`` (``sigma^2 / alpha^2`` for VP). The bound is tight for any ``t_min``, but the score is
+    learned down to this noise level: processes compared at one floor need their own ``t_min``."""
+    t = torch.tensor(float(t_min), dtype=torch.float64)
+    psi, chol = conditional_cholesky(sde, t, aux_init_cov)
+    C = psi[:, : sde.K - sde.aux]
+    return torch.linalg.inv(C.T @ torch.cholesky_solve(C, chol))
+
+
 def reconstruction_log_likelihood(score: Score, sde: LinearSDE, x: Tensor, t_min: float, eps: Tensor | None = None,
                                   aux_init_cov: Tensor | None = None) -> Tensor:
     r"""``log p(x | u_eps)`` (n,) at ``u_eps = Psi [x; 0] + L eps`` (one draw): the Gaussian decoder of the module
@@ -145,7 +156,7 @@ def reconstruction_log_likelihood(score: Score, sde: LinearSDE, x: Tensor, t_min
     u, eps, psi, chol = _states(sde, x, t, eps, aux_init_cov)
     residual = _score_residual(score, u, t, eps, chol)
     C = psi[:, : sde.K - sde.aux]
-    V = torch.linalg.inv(C.T @ torch.cholesky_solve(C, chol))
+    V = decoder_variance(sde, t_min, aux_init_cov)
     m = u.shape[1] // sde.K
     projected = torch.einsum("kj,nkm->njm", C.to(u.dtype), residual.reshape(x.shape[0], sde.K, m))
     quadratic = torch.einsum("njm,jl,nlm->n", projected, V.to(u.dtype), projected)
