@@ -1,7 +1,7 @@
 """Speed and memory of training, side by side in one run.
 
     python benchmarks/speed.py --peer PEER     # all sections (about an hour on 2 cores)
-    python benchmarks/speed.py --section step  # one of: levers, estimate, step, memory, accuracy, graph
+    python benchmarks/speed.py --section step  # one of: levers, estimate, floor, step, memory, accuracy, graph
     python benchmarks/speed.py --smoke         # a minute; checks the script, writes nothing
 
 Sections (each rewrites its own part of benchmarks/RESULTS.md):
@@ -14,6 +14,7 @@ Sections (each rewrites its own part of benchmarks/RESULTS.md):
   side in alternating rounds: the ratio of the two step times. Without ``--peer`` it says so and reports the ratio
   to the hand-written loop.
 * ``estimate``: paths per second of ``estimate_log_z(10_000)``.
+* ``floor``: the time of a training step's matrix products alone, at one and at the default threads.
 * ``step``: time of one training step of DIS on the 10-d Funnel (batch 2048, 200 steps,
   log-variance loss, the papers' network: Fourier MLP, 4 layers of 64) for the library's chain
   (one pass, and two passes with flat memory), a hand-written loop computing the same
@@ -191,6 +192,25 @@ def reference_times(peer: Path, batch: int, steps: int, iterations: int) -> list
     return times[WARM_UP:]
 
 
+def matmul_floor(batch: int, steps: int, layers: list[tuple[int, int]], repeats: int = 5) -> tuple[float, float]:
+    """The time (s) of a training step's matrix products alone, and their FLOP: per chain step and linear layer
+    ``(n_in, n_out)`` the forward product, the weight gradient and (but for the first layer, whose input is the
+    detached state) the input gradient, each ``2 batch n_in n_out`` FLOP; timed at this process's threads."""
+    products = []
+    for i, (n_in, n_out) in enumerate(layers):
+        x, w, g = torch.randn(batch, n_in), torch.randn(n_in, n_out), torch.randn(batch, n_out)
+        products += [(x, w), (g.T.contiguous(), x)] + ([(g, w.T.contiguous())] if i else [])
+    flop = steps * sum(2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b in products)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(steps):
+            for a, b in products:
+                torch.mm(a, b)
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), flop
+
+
 def levers_section(batch: int, steps: int, iterations: int, rounds: int, peer: Path | None) -> str:
     """Every lever on its own and combined, and the reference implementation, in alternating rounds."""
     has_peer = peer is not None and (peer / "venv" / "bin" / "python").is_file()
@@ -233,6 +253,28 @@ def levers_section(batch: int, steps: int, iterations: int, rounds: int, peer: P
         markdown_table(header + (["/ reference"] if basis else []), rows),
         "",
         verdict,
+    ])
+
+
+def floor_section(batch: int, steps: int) -> str:
+    """The matrix-product floor of the levers' training step at one and at the default threads."""
+    dim, width, default_threads = target("funnel").dim, 64, torch.get_num_threads()
+    layers = [(dim, width), (width, width), (width, width), (width, dim)]
+    rows = []
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        seconds, flop = matmul_floor(batch, steps, layers)
+        rows.append([str(threads), f"{flop / 1e9:.1f}", f"{seconds:.3f}", f"{flop / seconds / 1e9:.0f}"])
+    torch.set_num_threads(default_threads)
+    return "\n".join([
+        "## The matrix-product floor of a training step",
+        "",
+        f"Command: `python benchmarks/speed.py --section floor`. The matrix products of one training step of the "
+        f"levers' configuration alone (batch {batch}, {steps} steps; per step and layer of the 4 x {width} network "
+        f"the forward product, the weight gradient and, but for the first layer, the input gradient), median of 5. "
+        f"Machine: {machine()}.",
+        "",
+        markdown_table(["threads", "GFLOP per step", "seconds", "GFLOP/s"], rows),
     ])
 
 
@@ -373,7 +415,7 @@ def graph_section(iterations: int, batch: int, steps: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=("levers", "estimate", "step", "memory", "accuracy", "graph", "all"),
+    parser.add_argument("--section", choices=("levers", "estimate", "floor", "step", "memory", "accuracy", "graph", "all"),
                         default="all")
     parser.add_argument("--peer", type=Path, default=None,
                         help="the reference implementation's folder built by ../shared/tools/peer_setup.sh")
@@ -392,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         "levers": lambda: levers_section(16, 10, WARM_UP + 1, 1, None) if args.smoke
         else levers_section(2048, 200, WARM_UP + 5, 3, args.peer),
         "estimate": lambda: estimate_section(200, 20, 1) if args.smoke else estimate_section(10_000, 200, 3),
+        "floor": lambda: floor_section(64, 10) if args.smoke else floor_section(2048, 200),
     }
     for name, section in default_threads.items():
         if args.section in (name, "all"):

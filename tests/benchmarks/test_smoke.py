@@ -31,6 +31,7 @@ def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
 def test_speed_smoke(tmp_path):
     text = run("speed.py", "--smoke", cwd=tmp_path)
     for heading in ("Training step: the levers and the reference implementation", "Evaluation: estimate_log_z",
+                    "The matrix-product floor of a training step",
                     "Training-step time", "Peak memory of a training step", "Time to accuracy", "GPU path: CUDA graphs"):
         assert heading in text
     assert "| compiled network (torch.compile) |" in text and "The reference implementation was not measured" in text
