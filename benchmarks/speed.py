@@ -415,8 +415,8 @@ def graph_section(iterations: int, batch: int, steps: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=("levers", "estimate", "floor", "step", "memory", "accuracy", "graph", "all"),
-                        default="all")
+    parser.add_argument("--section", default="all",
+                        choices=("levers", "estimate", "floor", "step", "memory", "accuracy", "graph", "all"))
     parser.add_argument("--peer", type=Path, default=None,
                         help="the reference implementation's folder built by ../shared/tools/peer_setup.sh")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; print, do not write RESULTS.md")
@@ -430,28 +430,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.training_child:
         options, batch, steps, iterations = args.training_child
         return training_child(json.loads(options), int(batch), int(steps), int(iterations))
-    default_threads = {  # at the machine's default threads: these sections measure them
-        "levers": lambda: levers_section(16, 10, WARM_UP + 1, 1, None) if args.smoke
-        else levers_section(2048, 200, WARM_UP + 5, 3, args.peer),
-        "estimate": lambda: estimate_section(200, 20, 1) if args.smoke else estimate_section(10_000, 200, 3),
-        "floor": lambda: floor_section(64, 10) if args.smoke else floor_section(2048, 200),
+    default, one = torch.get_num_threads(), 1
+    sections = {  # (threads, section): levers, estimate and floor measure the machine's default threads
+        "levers": (default, lambda: levers_section(16, 10, WARM_UP + 1, 1, None) if args.smoke
+                   else levers_section(2048, 200, WARM_UP + 5, 3, args.peer)),
+        "estimate": (default, lambda: estimate_section(200, 20, 1) if args.smoke else estimate_section(10_000, 200, 3)),
+        "floor": (default, lambda: floor_section(64, 10) if args.smoke else floor_section(2048, 200)),
+        "step": (one, lambda: step_section(batch=64, steps=10, rounds=2) if args.smoke
+                 else step_section(2048, 200, rounds=7)),
+        "memory": (one, lambda: memory_section([10, 20], 16) if args.smoke
+                   else memory_section([100, 200, 400, 800, 1600], 256)),
+        "accuracy": (one, lambda: accuracy_section(4, 2, [2, 4], 16, 8, 64) if args.smoke
+                     else accuracy_section(1500, 50, [50, 100, 250, 500, 1000, 1500], 512, 200, 10_000)),
+        "graph": (one, lambda: graph_section(3, 16, 8) if args.smoke else graph_section(200, 2048, 200)),
     }
-    for name, section in default_threads.items():
+    for name, (threads, section) in sections.items():
         if args.section in (name, "all"):
-            text = section()
-            print(text, flush=True)
-            if not args.smoke:
-                write_section(f"speed-{name}", text)
-    torch.set_num_threads(1)
-    sections = {
-        "step": lambda: step_section(batch=64, steps=10, rounds=2) if args.smoke else step_section(2048, 200, rounds=7),
-        "memory": lambda: memory_section([10, 20], 16) if args.smoke else memory_section([100, 200, 400, 800, 1600], 256),
-        "accuracy": lambda: accuracy_section(4, 2, [2, 4], 16, 8, 64) if args.smoke
-        else accuracy_section(1500, 50, [50, 100, 250, 500, 1000, 1500], 512, 200, 10_000),
-        "graph": lambda: graph_section(3, 16, 8) if args.smoke else graph_section(200, 2048, 200),
-    }
-    for name, section in sections.items():
-        if args.section in (name, "all"):
+            torch.set_num_threads(threads)
             text = section()
             print(text, flush=True)
             if not args.smoke:

@@ -25,7 +25,8 @@ def _compiler_failure(device_type: str) -> str | None:
         probe(torch.ones(4, device=device_type))
     except Exception as error:  # noqa: BLE001 - any failure of the toolchain means: run eagerly
         torch._dynamo.reset()
-        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        first_line = next(iter(str(error).strip().splitlines()), "")
+        return f"{type(error).__name__}: {first_line}"
     return None
 
 
