@@ -3,7 +3,7 @@ the digits, sample it, score it against held-out data, write the results (or for
 
     sde-generative                                          # VSDM and the equal-budget VP baseline on the spiral
     sde-generative model=cld data=rings sample.method=gddim sample.steps=10
-    sde-generative model=mdm data=digits                    # the digits as 64-d vectors (an MLP), bits/dim
+    sde-generative model=mdm data=digits images.network=mlp # the digits as 64-d vectors (an MLP), bits/dim
     sde-generative data=file data.path=$PWD/points.csv model=vp
     sde-generative data=macrodata                           # time series: VSDM and VP forecasters (timeseries/cli.py)
     sde-generative --cfg job                                # print the composed configuration
@@ -16,8 +16,9 @@ the digits, sample it, score it against held-out data, write the results (or for
 The configuration lives in ``configs/`` (``generative.yaml`` and the groups ``data`` and ``model``: ``vp``, ``cld``,
 ``alda``, ``malda``, ``auxiliary`` (your own Q and D), ``mdm``, ``ndm``, ``vsdm``, ``vsdm_ti``). Image data go to the
 image path (:func:`run_images`: a U-Net, VSDM's A_t diagonal in a basis, ``torchrun``-ready, tasks ``train``,
-``sample`` and ``fid``) for VP and VSDM; the models with auxiliary variables, MDM and NDM (and any model with
-``images.network=mlp``) take them as vectors, like points, with a Fourier-feature MLP on the (augmented) state. A
+``sample`` and ``fid``) for every model but NDM: the models with auxiliary variables (CLD, ALDA, MALDA, MDM) give
+the U-Net ``(1 + aux) C`` channels, the image and its auxiliary blocks. NDM (and any model with
+``images.network=mlp``) takes them as vectors, like points, with a Fourier-feature MLP on the (augmented) state. A
 vector run's directory receives ``results.md`` (the metrics table),
 ``results.json``, ``samples.pt`` (name -> samples at the largest step count), ``samples.png`` (points over the
 held-out data, or grids of digits), ``trajectories.png`` (2-d: the paths of every model) and one checkpoint per model;
@@ -82,11 +83,16 @@ def model_name(model: GenerativeModel) -> str:
 
 
 def as_vectors(cfg: DictConfig) -> bool:
-    """Whether image data are fitted as vectors by the MLP: with ``images.network=mlp``, and for every model whose
-    state is more than the image (auxiliary variables) or that has two networks (NDM), which the U-Net cannot be."""
-    if cfg.images.network == "mlp" or issubclass(get_class(cfg.model._target_), (MDM, NDM)):
-        return True
-    return "sde" in cfg.model and instantiate(cfg.model.sde).aux > 0
+    """Whether image data are fitted as vectors by the MLP: with ``images.network=mlp``, and for NDM, whose two
+    networks (the transformation and the denoiser) the U-Net path does not build."""
+    return cfg.images.network == "mlp" or issubclass(get_class(cfg.model._target_), NDM)
+
+
+def auxiliary_blocks(cfg: DictConfig) -> int:
+    """Auxiliary variables per data coordinate of the configured model (the U-Net's extra channel blocks)."""
+    if issubclass(get_class(cfg.model._target_), MDM):
+        return int(cfg.model.aux)
+    return instantiate(cfg.model.sde).aux if "sde" in cfg.model else 0
 
 
 def load_data(cfg: DictConfig, data: Any) -> tuple[torch.Tensor | ImageDataset, torch.Tensor | ImageDataset, int]:
@@ -183,7 +189,7 @@ def run_images(cfg: DictConfig, out_dir: Path, data: Images) -> dict[str, Any]:
             return _score_images(cfg, out_dir, data, session)
         if cfg.task == "sample":
             return _sample_images(cfg, out_dir, data, session)
-        network = images.image_network(data.shape, options.network, **options.network_options)
+        network = images.image_network(data.shape, options.network, auxiliary_blocks(cfg), **options.network_options)
         extra: dict[str, Any] = {"network": network}
         if options.ema_halflife_images is not None:  # per step: 0.5 ** (images per step / half-life)
             extra["ema_decay"] = 0.5 ** (cfg.train.batch_size / options.ema_halflife_images)

@@ -1,5 +1,6 @@
-r"""Images: score models (VP, or VSDM with ``A_t`` diagonal in a basis) trained on image data by the core trainer, on
-one process or many, with sample grids, logs, resumable checkpoints and FID.
+r"""Images: score models (VP, VSDM with ``A_t`` diagonal in a basis, CLD and the MDM diffusions with their auxiliary
+variables as extra channels of the U-Net, :func:`image_network`) trained on image data by the core trainer, on one
+process or many, with sample grids, logs, resumable checkpoints and FID.
 
     sde-generative data=digits model=vsdm                                  # the embedded digits, CPU, minutes
     torchrun --nproc_per_node=8 -m sde_control.generative data=cifar10 data.root=~/data model=vsdm preset=paper \
@@ -243,15 +244,21 @@ def step_seed(*keys: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def image_network(image_shape: tuple[int, int, int], kind: str = "auto", **options: Any) -> UNet:
-    """The U-Net for images of ``image_shape`` (:class:`ImageOptions`'s ``network`` and ``network_options``)."""
+def image_network(image_shape: tuple[int, int, int], kind: str = "auto", aux: int = 0, **options: Any) -> UNet:
+    """The U-Net for images of ``image_shape`` (:class:`ImageOptions`'s ``network`` and ``network_options``).
+
+    With ``aux`` auxiliary variables per coordinate (CLD's velocity, the MDM diffusions' blocks) the state of
+    ``(1 + aux) C H W`` channels (:mod:`~sde_control.generative.augmented`: the data block first, then each auxiliary
+    block, each ``C H W`` in the image's layout) is an image of ``(1 + aux) C`` channels: the U-Net takes and predicts
+    the noise of all of them (the hybrid parameterisation ``s = -L^{-T} eps`` needs every block's)."""
     if kind not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, got {kind!r}")
     if kind == "mlp":
         raise ValueError("network='mlp' fits images as vectors (the command line's vector path), not with a U-Net")
     if kind == "auto":
         kind = "ddpm" if min(image_shape[1:]) >= 16 else "tiny"
-    return (UNet.ddpm if kind == "ddpm" else UNet.tiny)(image_shape, **options)
+    channels, height, width = image_shape
+    return (UNet.ddpm if kind == "ddpm" else UNet.tiny)(((1 + aux) * channels, height, width), **options)
 
 
 def training_config(model: ScoreModel, options: dict[str, Any], stage_iterations: int | None = None) -> ScoreTraining:
@@ -269,14 +276,19 @@ def training_config(model: ScoreModel, options: dict[str, Any], stage_iterations
 
 # ---------------------------------------------------------------------------------------------- training
 class _ImageLoss:
-    """The DSM loss of one micro-batch of this rank's stream (module docstring: seeds and shared noise)."""
+    """The loss of one micro-batch of this rank's stream (module docstring: seeds and shared noise): the model's
+    training objective (:meth:`~sde_control.generative.ScoreModel.training_objective`: DSM, or the ELBO of MDM) on
+    the flattened images."""
 
     def __init__(self, model: ScoreModel, data: Images, batches: Iterator[Tensor], config: ScoreTraining,
                  session: Session, seed: int, hflip: bool, shared_noise: bool):
         self.model, self.transform, self.batches = model, data.transform, batches
         self.config, self.session, self.seed, self.hflip, self.shared = config, session, seed, hflip, shared_noise
         self.shape = data.shape
-        self.network = model.trainer.training_module
+        self.objective = model.training_objective(config)
+        if shared_noise and (getattr(config, "objective", None) or model.default_objective) != "dsm":
+            raise ValueError("images.shared_noise slices the times and noise of denoising score matching: it needs "
+                             "train.objective=dsm (the ELBO draws its own)")
         self.iteration, self.micro = -1, 0
 
     def __call__(self, iteration: int) -> tuple[Tensor, dict[str, float]]:
@@ -289,7 +301,7 @@ class _ImageLoss:
         x = self.transform.to_model(levels)
         if self.hflip:
             x = random_hflip(x)
-        return self.model.loss(x.flatten(1), network=self.network), {}
+        return self.objective(iteration, x.flatten(1)), {}
 
     def _shared(self, iteration: int, levels: Tensor) -> Tensor:
         """The loss with this rank's rows of noise drawn for the whole global batch from ``(seed, step)``."""
@@ -298,13 +310,13 @@ class _ImageLoss:
         size = self.config.batch_size
         draws = (torch.rand(size, *self.shape, generator=generator), torch.rand(size, generator=generator) < 0.5,
                  sample_times(size, self.model.sde.T, self.model.t_min, generator),
-                 torch.randn(size, math.prod(self.shape), generator=generator))
+                 torch.randn(size, self.model.state_dim, generator=generator))
         rows = slice((self.micro * world + self.session.rank) * n, (self.micro * world + self.session.rank + 1) * n)
         noise, flip, t, eps = (d[rows].to(self.session.device) for d in draws)
         x = self.transform.to_model(levels, noise=noise)
         if self.hflip:
             x = random_hflip(x, flip=flip)
-        return self.model.loss(x.flatten(1), network=self.network, t=t, eps=eps)
+        return self.model.loss(x.flatten(1), network=self.model._training_network, t=t, eps=eps)
 
 
 class _ScalarLog:

@@ -83,7 +83,3 @@ class MDM(ScoreModel):
     @property
     def _averaged_network(self) -> nn.Module:
         return self.trainer.averaged["network"]
-
-    @property
-    def _training_network(self) -> nn.Module:
-        return self.trainer.module["network"]  # the process trains with it: one module, not wrapped for ranks

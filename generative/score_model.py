@@ -15,7 +15,7 @@ likelihood bound in bits per dimension.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,17 @@ from .score_matching import _full, dsm_loss, gaussian_marginal, network_score
 __all__ = ["OBJECTIVES", "BatchSource", "ScoreModel", "ScoreTraining"]
 
 OBJECTIVES = ("dsm", "elbo")
+
+
+class ScoreAndProcess(nn.ModuleDict):
+    """A score network and the learned forward process it is trained with, as one module (one optimiser, one EMA,
+    one ``DistributedDataParallel`` wrapper): ``module["network"]``, ``module["sde"]``. Calling it calls the network,
+    so that under ``torch.distributed`` every network evaluation goes through the wrapper's forward, and the
+    gradients of the process (which enters the loss outside the network) are averaged over the ranks with the
+    network's."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self["network"](*args, **kwargs)
 
 
 @dataclass
@@ -101,7 +112,7 @@ class ScoreModel(GenerativeModel):
         if sde.aux and 0 < t_min < sde.T:
             conditional_cholesky(sde, torch.tensor(t_min, dtype=torch.float64))  # refuses a t_min that ALDA cannot
         self.network = ControlMLP(self.state_dim, width, depth) if network is None else network
-        module = self.network if learned_sde is None else nn.ModuleDict({"network": self.network, "sde": learned_sde})
+        module = self.network if learned_sde is None else ScoreAndProcess({"network": self.network, "sde": learned_sde})
         self._init_model(dim, t_min, sde.T, Trainer(module, ema_decay=ema_decay))
 
     @property
@@ -139,20 +150,31 @@ class ScoreModel(GenerativeModel):
         score = network_score(network, self._trained_sde, condition)
         return negative_elbo(score, self._trained_sde, x0, self.t_min, proposal).mean() / self.dim
 
-    def _batch_loss(self, data: Tensor | BatchSource, config: TrainConfig) -> LossFn:
-        """The loss of ``config.objective`` on a fresh batch per step; the ELBO's time proposal is rebuilt every
-        ``config.proposal_every`` steps from the process being trained."""
+    def training_objective(self, config: TrainConfig) -> Callable[[int, Tensor, Tensor | None], Tensor]:
+        """The loss of ``config.objective`` as a function ``(iteration, x0, condition)`` of the step and its batch,
+        calling the network being trained (:attr:`_training_network`); the ELBO's time proposal is rebuilt every
+        ``config.proposal_every`` steps from the process being trained. The batch loss of :meth:`fit` and the image
+        trainer (:mod:`~sde_control.generative.images`) both draw their batches and call it."""
         objective = getattr(config, "objective", None) or self.default_objective
         every = getattr(config, "proposal_every", 100)
         proposal: TimeProposal | None = None
         network = self._training_network
 
-        def step(iteration: int) -> tuple[Tensor, dict[str, float]]:
+        def loss(iteration: int, x0: Tensor, condition: Tensor | None = None) -> Tensor:
             nonlocal proposal
-            x0, condition = self._draw(data, config.batch_size)
             if objective == "elbo" and (proposal is None or iteration % every == 0):
                 proposal = TimeProposal(self._trained_sde, self.t_min)
-            return self.loss(x0, condition, network=network, objective=objective, proposal=proposal), {}
+            return self.loss(x0, condition, network=network, objective=objective, proposal=proposal)
+
+        return loss
+
+    def _batch_loss(self, data: Tensor | BatchSource, config: TrainConfig) -> LossFn:
+        """:meth:`training_objective` on a fresh batch per step."""
+        loss = self.training_objective(config)
+
+        def step(iteration: int) -> tuple[Tensor, dict[str, float]]:
+            x0, condition = self._draw(data, config.batch_size)
+            return loss(iteration, x0, condition), {}
 
         return step
 

@@ -57,7 +57,7 @@ def test_every_model_runs_on_points(tmp_path, model, sampling, nfe):
 
 
 def test_digits_as_vectors(tmp_path):
-    results = run(compose_config("model=mdm", "data=digits", "sample.method=gddim"), tmp_path)
+    results = run(compose_config("model=mdm", "data=digits", "images.network=mlp", "sample.method=gddim"), tmp_path)
     (row,) = results["rows"]
     assert row["frechet_distance"] > 0 and row["nfe"] == 4
     info = results["models"]["MDM"]
@@ -67,12 +67,12 @@ def test_digits_as_vectors(tmp_path):
 
 
 def test_images_as_vectors_on_request(tmp_path):
-    """VP on the digits takes the U-Net path unless images.network=mlp asks for vectors (the models with auxiliary
-    variables, MDM and NDM always take vectors: the U-Net predicts the image alone)."""
+    """Image data take the U-Net path unless images.network=mlp asks for vectors (NDM, with its two networks, always
+    takes vectors)."""
     results = run(compose_config("model=vp", "data=digits", "images.network=mlp"), tmp_path)
     assert results["models"]["VP"]["bits_per_dim"] > 0 and results["rows"][0]["nfe"] == 4
     with pytest.raises(ValueError, match="task=sample samples or scores image runs of the U-Net path"):
-        run(compose_config("model=cld", "data=digits", "task=sample"), tmp_path)
+        run(compose_config("model=ndm", "data=digits", "task=sample"), tmp_path)
 
 
 def test_a_finished_run_is_reused(tmp_path):

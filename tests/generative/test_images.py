@@ -14,7 +14,7 @@ pytest.importorskip("torchmetrics", reason="image runs need the images extra (to
 from hydra import compose, initialize_config_module  # noqa: E402
 
 from sde_control import checkpoints  # noqa: E402
-from sde_control.generative import VSDM, ScoreModel, images  # noqa: E402
+from sde_control.generative import MDM, VSDM, ScoreModel, images  # noqa: E402
 from sde_control.generative.cli import run  # noqa: E402
 from sde_control.controls import ControlMLP  # noqa: E402
 from sde_control.generative.data import ImageDataset, digits  # noqa: E402
@@ -55,6 +55,26 @@ def test_the_image_command_trains_resumes_and_scores(tmp_path):
                                                                           ("gddim", 5, 32), ("held-out data", 0, 360)]
     assert all(r["fid"] >= 0 and "random-features" in r["implementation"] for r in scores)
     assert (tmp_path / "fid.json").is_file() and "| em | 5 |" in (tmp_path / "fid.md").read_text()
+
+
+@pytest.mark.parametrize("model, aux, name", [("cld", 1, "ScoreModel"), ("mdm", 1, "MDM"), ("alda", 2, "ScoreModel")])
+def test_auxiliary_variables_are_channels_of_the_u_net(tmp_path, model, aux, name):
+    """CLD and the MDM diffusions on images: the U-Net takes the image and its auxiliary blocks as (1 + aux) C
+    channels (the state's block layout), trains (MDM by its ELBO, the process moving), rebuilds from the checkpoint
+    and samples images of the data's shape by every sampler."""
+    summary = run(compose_config(f"model={model}", "train.iterations=10"), tmp_path)
+    assert summary["iterations"] == 10 and (tmp_path / "samples.png").stat().st_size > 0
+    trained = ScoreModel.load(tmp_path / "checkpoint.pt")
+    assert type(trained).__name__ == name and trained.network.image_shape == (1 + aux, 8, 8)
+    assert trained.state_dim == (1 + aux) * 64 and trained.sde.aux == aux
+    if model == "mdm":
+        fresh = MDM(64, aux=1)
+        moved = [float((p - q).abs().max()) for p, q in zip(trained.sde.parameters(), fresh.sde.parameters())]
+        assert max(moved) > 1e-4
+    grids = run(compose_config(f"model={model}", "task=sample", "images.grid=4"), tmp_path)["grids"]
+    assert len(grids) == 3 and all(os.path.getsize(g) > 0 for g in grids)
+    x = images.sample(trained, 3, steps=4, method="gddim")
+    assert x.shape == (3, 64) and torch.isfinite(x).all()
 
 
 def test_bad_image_settings_are_named(tmp_path):
@@ -148,9 +168,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _parity_run(rank, world_size, port, directory):
-    """One rank: a global batch of 16 split over ``world_size`` ranks, noise drawn for the global batch and sliced.
-    (A small MLP on 64 random 8 x 8 images keeps it quick; the path is the U-Net's.)"""
+def _parity_run(rank, world_size, port, directory, learned=False):
+    """One rank: a global batch of 16 split over ``world_size`` ranks, noise drawn for the global batch and sliced
+    (``learned``: MDM's learned diffusion by its ELBO, each rank drawing its own noise; every rank saves its
+    parameters). (A small MLP on 64 random 8 x 8 images keeps it quick; the path is the U-Net's.)"""
     if world_size > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                           LOCAL_RANK=str(rank))
@@ -158,27 +179,30 @@ def _parity_run(rank, world_size, port, directory):
     data = ImageDataset(torch.randint(0, 17, (64, 1, 8, 8), generator=torch.Generator().manual_seed(1),
                                       dtype=torch.uint8), levels=17, hflip=True)
     torch.manual_seed(0)
-    model = ScoreModel(64, VP(0.1, 10.0), ControlMLP(64, 32, 2), ema_decay=0.9)
-    initial = {k: v.clone() for k, v in model.network.state_dict().items()}
+    if learned:
+        model = MDM(64, aux=1, network=ControlMLP(128, 32, 2), ema_decay=0.9)
+    else:
+        model = ScoreModel(64, VP(0.1, 10.0), ControlMLP(64, 32, 2), ema_decay=0.9)
+    initial = {k: v.clone() for k, v in model.trainer.module.state_dict().items()}
     config = images.training_config(model, dict(iterations=4, batch_size=16, stages=1, lr=1e-3, lr_final=1.0,
                                                 progress=False))
     options = images.ImageOptions(checkpoint_images=10**9, sample_images=10**9, grid=4, grid_steps=2, workers=0,
-                                  shared_noise=True)
+                                  shared_noise=not learned)
     with images.session("cpu") as session:
         assert session.world_size == world_size
         images.train(model, data, config, options, directory, session)
-        if session.main:
-            torch.save({"network": model.network.state_dict(), "initial": initial,
+        if session.main or learned:
+            torch.save({"network": model.trainer.module.state_dict(), "initial": initial,
                         "losses": [r["loss"] for r in model.history]},
-                       directory / f"parameters-{world_size}.pt")
+                       directory / f"parameters-{world_size}-{session.rank}.pt")
 
 
 def test_two_gloo_ranks_with_half_batches_equal_one_process(tmp_path):
     torch.multiprocessing.start_processes(_parity_run, args=(2, _free_port(), tmp_path / "two"), nprocs=2, join=True,
                                           start_method="fork")  # (fork: no second import of the libraries)
     _parity_run(0, 1, None, tmp_path / "one")
-    two = torch.load(tmp_path / "two" / "parameters-2.pt", weights_only=True)
-    one = torch.load(tmp_path / "one" / "parameters-1.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "parameters-2-0.pt", weights_only=True)
+    one = torch.load(tmp_path / "one" / "parameters-1-0.pt", weights_only=True)
     # The ranks' gradients are averaged by an all-reduce, the one process sums the whole batch: equal up to the
     # order of float32 additions, which Adam's normalised steps carry at the scale lr x 1e-3 over 4 steps.
     for name, value in one["network"].items():
@@ -186,6 +210,20 @@ def test_two_gloo_ranks_with_half_batches_equal_one_process(tmp_path):
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=0)
     moved = max(float((one["network"][k] - v).abs().max()) for k, v in one["initial"].items())
     assert moved > 1e-3  # four Adam steps at 1e-3 moved the weights: the agreement is not that of untouched weights
+
+
+def test_a_learned_diffusion_stays_in_lockstep_over_ranks(tmp_path):
+    """MDM under DDP: the loss differentiates the learned process outside the network's forward; its gradients are
+    averaged with the network's (:class:`~sde_control.generative.score_model.ScoreAndProcess`), so two ranks that
+    read different images and draw different noise end with the same parameters, the process's included, which have
+    moved (without the average each rank would follow its own gradients)."""
+    torch.multiprocessing.start_processes(_parity_run, args=(2, _free_port(), tmp_path, True), nprocs=2, join=True,
+                                          start_method="fork")
+    ranks = [torch.load(tmp_path / f"parameters-2-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    for name, value in ranks[0]["network"].items():
+        torch.testing.assert_close(ranks[1]["network"][name], value, rtol=1e-6, atol=1e-7, msg=name)
+    process = [k for k in ranks[0]["network"] if k.startswith("sde.")]
+    assert process and max(float((ranks[0]["network"][k] - ranks[0]["initial"][k]).abs().max()) for k in process) > 1e-4
 
 
 @pytest.mark.slow
