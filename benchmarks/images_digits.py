@@ -1,14 +1,19 @@
-"""VSDM (A_t diagonal in the DCT basis) against the VP score model on the embedded digits, at equal budget, on the
-CPU: the Frechet distance in the digits classifier's features against the number of function evaluations.
+"""VSDM (A_t diagonal in the DCT basis), CLD and the learned MDM diffusion against the VP score model on the embedded
+digits, at equal budget, on the CPU: the Frechet distance in the digits classifier's features against the number of
+function evaluations.
 
     OMP_NUM_THREADS=1 python benchmarks/images_digits.py                 # the CPU budget (the table in IMAGES.md)
     OMP_NUM_THREADS=1 python benchmarks/images_digits.py --budget smoke  # a seconds-long check of the script
+    OMP_NUM_THREADS=1 python benchmarks/images_digits.py --models vp,cld # some of the models (the table has the rest
+                                                                         # if their runs are saved)
 
 Data: scikit-learn's digits, 8 x 8, 1 channel, 17 grey levels (the 1437 images of the training split), dequantised
 to [-1, 1]. Models: the VP score model (beta from 0.1 to 10) and VSDM started at it, A_t diagonal in the 2-d DCT
-and constant on 3 equal intervals of [0, T]; the same tiny U-Net (44,969 parameters), batch, number of its gradient
-steps and learning rate, through the image command's training path (``sde_control.generative.images.train``).
-VSDM's forward updates come on top (their time is in the table).
+and constant on 3 equal intervals of [0, T]; CLD (the command line's ``model=cld``: beta 4, mass 0.25) and MDM's
+learned diffusion with one auxiliary block (``model=mdm``, trained by its ELBO), whose U-Net takes the image and its
+auxiliary block as 2 channels (``images.image_network``); the same tiny U-Net otherwise (44,969 parameters for one
+channel), batch, number of its gradient steps and learning rate, through the image command's training path
+(``sde_control.generative.images.train``). VSDM's forward updates come on top (their time is in the table).
 
 Evaluation: 1000 samples of the EMA network from N(0, I) at 10, 20, 50 and 100 steps (one score evaluation each)
 with Euler-Maruyama on the reverse SDE, Euler on the probability-flow ODE and gDDIM's exponential integrator of
@@ -37,16 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, mean_std, write_section  # noqa: E402
 
 from sde_control import checkpoints  # noqa: E402
-from sde_control.generative import VSDM, ScoreModel, images  # noqa: E402
+from sde_control.generative import MDM, VSDM, ScoreModel, images  # noqa: E402
 from sde_control.generative.data import digits  # noqa: E402
 from sde_control.generative.evaluation import classifier_frechet_distance, digit_classifier  # noqa: E402
 from sde_control.generative.likelihood import estimate_negative_elbo  # noqa: E402
-from sde_control.generative.networks import UNet  # noqa: E402
-from sde_control.sdes import VP  # noqa: E402
+from sde_control.sdes import CLD, VP  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 IMAGES_MD = HERE / "IMAGES.md"
-MODELS = {"vp": "VP", "vsdm": "VSDM (DCT-diagonal A_t)"}
+MODELS = {"vp": "VP", "vsdm": "VSDM (DCT-diagonal A_t)", "cld": "CLD (2 channels)", "mdm": "MDM, learned (2 channels)"}
 METHODS = {"em": "Euler-Maruyama (reverse SDE)", "ode": "Euler (probability flow)",
            "gddim": "gDDIM (exponential integrator, order 1)"}
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -59,9 +63,13 @@ BUDGETS: dict[str, dict[str, Any]] = {
 
 def build(name: str, seed: int) -> ScoreModel:
     torch.manual_seed(seed)
-    network = UNet.tiny((1, 8, 8))
+    network = images.image_network((1, 8, 8), "tiny", aux=int(name in ("cld", "mdm")))
     if name == "vp":
         return ScoreModel(64, VP(0.1, 10.0), network, ema_decay=0.999)
+    if name == "cld":
+        return ScoreModel(64, CLD(mass=0.25, beta_min=4.0, beta_max=4.0), network, ema_decay=0.999)
+    if name == "mdm":
+        return MDM(64, aux=1, network=network, ema_decay=0.999)
     return VSDM(64, basis="dct", image_shape=(1, 8, 8), knots=3, beta_min=0.1, beta_max=10.0, network=network,
                 ema_decay=0.999)
 
@@ -119,6 +127,8 @@ def held_out_bits_per_dim(model: ScoreModel, repeats: int) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated, of {', '.join(MODELS)}; the table also shows the others' saved runs")
     parser.add_argument("--out", type=Path, default=None,
                         help="run folders (default benchmarks/results/images_digits/<budget>)")
     args = parser.parse_args(argv)
@@ -126,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     budget = BUDGETS[args.budget]
     out = args.out or HERE / "results" / "images_digits" / args.budget
     started = time.perf_counter()
-    results = [run_cell(name, seed, budget, out / f"{name}-seed{seed}") for name in MODELS for seed in budget["seeds"]]
+    chosen = args.models.split(",")
+    if set(chosen) - set(MODELS):
+        parser.error(f"--models: unknown {sorted(set(chosen) - set(MODELS))}; choose from {', '.join(MODELS)}")
+    results = [run_cell(name, seed, budget, out / f"{name}-seed{seed}") for name in MODELS for seed in budget["seeds"]
+               if name in chosen or (out / f"{name}-seed{seed}" / "result.json").is_file()]
     data, held_out = digits(), digits("held_out")
     classifier = digit_classifier(HERE / "results" / "images_digits" / "classifier.pt")
     floor = classifier_frechet_distance(held_out.transform.to_uint8(held_out.images),
@@ -136,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     table = []
     for name, label in MODELS.items():
         cells = [r for r in results if r["model"] == name]
+        if not cells:
+            continue
         for cell in cells:  # the trainer's clock counts the steps only; the rest is forward updates, grids, files
             cell["steps_s"] = checkpoints.load(out / f"{name}-seed{cell['seed']}" / images.CHECKPOINT)["state"][
                 "trainer"]["history"][-1]["time"]
@@ -149,12 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     command += "" if args.budget == "cpu" else f" --budget {args.budget}"
     b = budget
     text = "\n".join([
-        "## Measured: VP against VSDM on the embedded digits (CPU)",
+        "## Measured: VP, VSDM, CLD and MDM on the embedded digits (CPU)",
         "",
         f"Command: `{command}` ({time.perf_counter() - started:.0f} s on {machine()}; runs resume from "
         f"`benchmarks/results/images_digits/{args.budget}/`). Digits 8 x 8 x 1 (1437 training images), the tiny U-Net, "
         f"{b['iterations']} steps of batch {b['batch_size']} (Adam 2e-3 after 100 warm-up steps, clip 1, EMA 0.999) "
-        f"for both; VSDM: {b['iterations'] // b['stage_iterations']} stages of {b['stage_iterations']}, forward "
+        f"for each; VSDM: {b['iterations'] // b['stage_iterations']} stages of {b['stage_iterations']}, forward "
         f"updates from {b['paths']} backward paths of {b['path_steps']} steps. Frechet distance in the digits "
         f"classifier's features, {b['samples']} samples against the training set (lower is better; seeds "
         f"{', '.join(map(str, b['seeds']))}); `em` is Euler-Maruyama, `ode` Euler on the probability flow, `gddim` "
