@@ -5,11 +5,14 @@ CMCD (:class:`AnnealedLangevinControl`); :func:`path_controls` reads the pair of
 :class:`ScoreInformedControl` is
 
 .. math::  u(x, s) = \mathrm{clip}_c\big(\mathrm{NN}_1(x, s)\big)
-           + \lambda(s)\, \mathrm{clip}_c\big(\mathrm{NN}_2(s)\big)\, \mathrm{clip}_c\big(\psi(x, s)\big),
+           + \lambda(s)\, \Big[\mathrm{clip}_c\big(\mathrm{NN}_2(s)\big)\, \mathrm{clip}_c\big(\psi(x, s)\big)
+           + \mathrm{clip}_c\big(\phi(x, s)\big)\Big],
 
 where ``psi`` is a guidance field supplied by the sampler (PIS/DDS: the target score; DIS: the
-interpolation ``lerp(prior score, target score, s / T)``), ``lambda(s)`` a fixed scale (DIS:
-``sigma(s)``, otherwise 1), ``NN_1`` a Fourier-feature MLP and ``NN_2`` a time network. The last
+interpolation ``lerp(prior score, target score, s / T)``, or with ``guidance="annealed"`` the annealing force
+``(s / T)(target score - prior score)``), ``phi`` an optional fixed field (DIS annealed: the prior score; otherwise
+absent), ``lambda(s)`` a fixed scale (DIS: ``sigma(s)``, otherwise 1), ``NN_1`` a Fourier-feature MLP and ``NN_2`` a
+time network. The last
 layer of ``NN_1`` and the last weights of ``NN_2`` start at zero, so training starts from the
 reference process plus the guidance term with the weight's initial bias. ``clip`` (``c``) is an
 attribute that training schedules may change (saved with the weights).
@@ -177,6 +180,7 @@ class ScoreInformedControl(nn.Module):
         clip: ``c``.
         state_dim: dimension of the state ``z`` (default ``dim``; ``2 dim`` with a velocity).
         clip_mode: ``"elementwise"`` or ``"norm"`` (:func:`clip_field`), for the guidance.
+        base: ``phi(x, s)``, a fixed field added to the weighted guidance under the scale (default none).
 
     ``detach_score`` (an attribute training sets) evaluates the guidance at ``x.detach()``: a loss that
     differentiates through the path then sees the guidance as a given field, without its second-order term.
@@ -193,6 +197,7 @@ class ScoreInformedControl(nn.Module):
         clip: float = 1e4,
         state_dim: int | None = None,
         clip_mode: str = "elementwise",
+        base: Field | None = None,
     ):
         super().__init__()
         if clip_mode not in CLIP_MODES:
@@ -200,7 +205,7 @@ class ScoreInformedControl(nn.Module):
         self.dim = dim
         self.network = ControlMLP(dim, width, depth, clip, in_dim=state_dim)
         self.weight = TimeNetwork(1, width, depth, last_bias=weight_bias)
-        self.guidance, self.scale, self.clip_mode = guidance, scale, clip_mode
+        self.guidance, self.scale, self.clip_mode, self.base = guidance, scale, clip_mode, base
         self.detach_score = False
 
     @property
@@ -214,13 +219,14 @@ class ScoreInformedControl(nn.Module):
     def forward(self, x: Tensor, s: Tensor) -> Tensor:
         return self.on_grid(torch.as_tensor(s).reshape(1))(x, 0)
 
-    def guidance_on_grid(self, times: Tensor) -> Callable[[Tensor, int], Tensor]:
-        """``(z, k) -> clip(psi(x, times[k]))``."""
+    def guidance_on_grid(self, times: Tensor, field: Field | None = None) -> Callable[[Tensor, int], Tensor]:
+        """``(z, k) -> clip(psi(x, times[k]))`` (or of another ``field``: the base)."""
         c, mode, detach = self.clip, self.clip_mode, self.detach_score
+        field = self.guidance if field is None else field
 
         def guidance(z: Tensor, k: int) -> Tensor:
             x = z[..., : self.dim]
-            return clip_field(self.guidance(x.detach() if detach else x, times[k]), c, mode)
+            return clip_field(field(x.detach() if detach else x, times[k]), c, mode)
 
         return guidance
 
@@ -230,9 +236,12 @@ class ScoreInformedControl(nn.Module):
         network = self.network.on_grid(times)
         guidance = self.guidance_on_grid(times)
         weight = self.weight(times).clamp(-c, c)
-        if self.scale is not None:
-            weight = self.scale(times).to(weight).reshape(-1, 1) * weight
-        return lambda z, k: torch.addcmul(network(z, k), weight[k], guidance(z, k))  # one kernel for the sum
+        scale = torch.ones_like(weight) if self.scale is None else self.scale(times).to(weight).reshape(-1, 1)
+        weight = scale * weight
+        if self.base is None:
+            return lambda z, k: torch.addcmul(network(z, k), weight[k], guidance(z, k))  # one kernel for the sum
+        base = self.guidance_on_grid(times, self.base)
+        return lambda z, k: torch.addcmul(torch.addcmul(network(z, k), scale[k], base(z, k)), weight[k], guidance(z, k))
 
 
 class BridgeControls(nn.Module):
