@@ -1,5 +1,5 @@
 """|log Z error| against target evaluations: the diffusion samplers (log-variance loss with their default
-exploration) and SMC, on the targets named by their config files.
+exploration; ``dis_annealed`` is DIS with ``guidance="annealed"``) and SMC, on the targets named by their config files.
 
     python benchmarks/evaluations.py                       # CPU budget, 3 seeds, two cells at a time; resumable
     python benchmarks/evaluations.py --targets gmm,funnel --methods dis,smc --seeds 1 --jobs 1   # a part of it
@@ -40,6 +40,7 @@ TARGETS = {"gmm": "GMM-9 (d=2)", "funnel": "Funnel (d=10)", "double_well": "DW-5
 
 SAMPLERS: dict[str, Callable[..., Any]] = {
     "pis": PIS, "dis": DIS, "dds": DDS, "bridge": Bridge, "cmcd": CMCD,
+    "dis_annealed": lambda problem, steps: DIS(problem, steps=steps, guidance="annealed"),
     "dis_ud": lambda problem, steps: DIS(problem, steps=steps, underdamped=True),
     "bridge_ud": lambda problem, steps: Bridge(problem, steps=steps, underdamped=True),
 }
