@@ -105,9 +105,13 @@ def test_gpu_images_smoke_runs_on_the_cpu(tmp_path):
 
 
 def test_images_digits_smoke(tmp_path):
-    text = run("images_digits.py", "--budget", "smoke", "--out", str(tmp_path / "runs"), cwd=tmp_path)
-    assert "| VP |" in text and "| VSDM (DCT-diagonal A_t) |" in text and "Held-out images against" in text
-    assert (tmp_path / "runs" / "vsdm-seed0" / "result.json").is_file()
+    text = run("images_digits.py", "--budget", "smoke", "--models", "vsdm,cld", "--out", str(tmp_path / "runs"),
+               cwd=tmp_path)
+    assert "| VSDM (DCT-diagonal A_t) |" in text and "| CLD (2 channels) |" in text and "| VP |" not in text
+    assert "Held-out images against" in text and (tmp_path / "runs" / "cld-seed0" / "result.json").is_file()
+    again = run("images_digits.py", "--budget", "smoke", "--models", "vp", "--out", str(tmp_path / "runs"),
+                cwd=tmp_path)  # the saved runs join the table
+    assert "| VP |" in again and "| CLD (2 channels) |" in again
 
 
 def test_evaluations_smoke_resumes_and_notes_what_is_missing(tmp_path):
@@ -126,12 +130,13 @@ def test_exploration_smoke(tmp_path):
 
 
 def test_vsdm_vs_vp_smoke(tmp_path):
-    args = ("--budget", "smoke", "--data", "spiral,rings", "--models", "vp,vp_std,vsdm",
+    args = ("--budget", "smoke", "--data", "spiral,rings", "--models", "vp,vp_std,vsdm,vsdm_std",
             "--out", str(tmp_path / "cells"), "--table", str(tmp_path / "VSDM.md"))
     text = run("vsdm_vs_vp.py", *args, cwd=tmp_path)
     assert "| rings (unseen) | noise floor (exact vs exact) |" in text
     assert "| spiral (8x along y) | VSDM (A_t) | 20 |" in text
     assert "| rings (unseen) | VP, standardised data | 50 |" in (tmp_path / "VSDM.md").read_text()
+    assert "| spiral (8x along y) | VSDM (A_t), standardised data | 10 |" in text
 
 
 def test_multivariate_smoke(tmp_path):
