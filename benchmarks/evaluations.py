@@ -179,12 +179,17 @@ def figure(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], path
             medians = [(x, statistics.median(e)) for x in grid
                        if len(e := [v for v in (error_at(run, x) for run in runs) if v is not None]) == len(runs)]
             if medians:
-                ax.loglog(*zip(*[(x, max(y, 1e-4)) for x, y in medians]), marker="o", markersize=3, label=method)
+                ax.loglog(*zip(*[(x, max(y, 1e-4)) for x, y in medians]), marker="o", markersize=3, label=method,
+                          color=f"C{METHODS.index(method) % 10}")  # one colour per method in every panel
         ax.set_title(TARGETS.get(name, name))
         ax.set_xlabel("target evaluations")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("|log Z error|")
-    axes[0][-1].legend(fontsize=7)
+    handles = {}  # every method drawn in some panel, in the last panel's legend
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][-1].legend(list(handles.values()), list(handles), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
