@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, mean_std, run_cells  # noqa: E402
+from common import machine, markdown_table, mean_std, run_cells, write_section  # noqa: E402
 
 from sde_control.generative import VSDM, ScoreModel, data, fit_equal_budget  # noqa: E402
 from sde_control.generative.evaluation import histogram_distance, straightness  # noqa: E402
@@ -158,11 +158,12 @@ def main() -> None:
              for d, m, s in itertools.product(names, models, range(budget["seeds"]))]
     results = run_cells(cells, run_cell, out, args.jobs)
     command = "OMP_NUM_THREADS=1 python benchmarks/vsdm_vs_vp.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+    shown = out.relative_to(HERE.parent) if out.is_relative_to(HERE.parent) else out
     text = "\n".join([
-        "# VSDM versus VP on 2-d data",
+        "## The table",
         "",
         f"Made by `{command}` (budget `{args.budget}`: {budget}); mean ± standard deviation over {budget['seeds']} "
-        f"seed(s). Machine: {machine()}; cells already in `{out}` are reused. Training "
+        f"seed(s). Machine: {machine()}; cells already in `{shown}` are reused. Training "
         "times are not reported: the machine was shared with other jobs.",
         "",
         "W2^2: exact squared 2-Wasserstein distance between 2000 generated and 2000 held-out points (lower is "
@@ -176,7 +177,7 @@ def main() -> None:
         table(results, budget, names, models),
         "",
     ])
-    args.table.write_text(text)
+    write_section("table", text, args.table)  # the findings above it are written by hand
     print(text)
 
 
