@@ -33,7 +33,7 @@ from .model import BatchSource, GenerativeModel, GenerativeTraining
 from .sampling import CountedScore, probability_flow, reverse_paths, solve_ode_adaptive
 from .score_matching import _full, dsm_loss, gaussian_marginal, network_score
 
-__all__ = ["OBJECTIVES", "BatchSource", "ScoreModel", "ScoreTraining"]
+__all__ = ["OBJECTIVES", "BatchSource", "ScoreAndProcess", "ScoreModel", "ScoreTraining"]
 
 OBJECTIVES = ("dsm", "elbo")
 
