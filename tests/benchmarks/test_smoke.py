@@ -29,11 +29,18 @@ def test_reproduce_smoke_resumes_and_tabulates(tmp_path):
 
 
 def test_speed_smoke(tmp_path):
-    text = run("speed.py", "--smoke", cwd=tmp_path)
-    for heading in ("Training step: the levers and the reference implementation", "Evaluation: estimate_log_z",
-                    "The matrix-product floor of a training step",
+    text = run("speed.py", "--smoke", "--section", "estimate,floor,step,memory,accuracy,graph", cwd=tmp_path)
+    for heading in ("Evaluation: estimate_log_z", "The matrix-product floor of a training step",
                     "Training-step time", "Peak memory of a training step", "Time to accuracy", "GPU path: CUDA graphs"):
         assert heading in text
+    assert "Training step: the levers" not in text
+
+
+@pytest.mark.slow
+def test_speed_levers_smoke(tmp_path):
+    """The levers section compiles the network (torch.compile: about a minute here), so it stays out of CI."""
+    text = run("speed.py", "--smoke", "--section", "levers", cwd=tmp_path)
+    assert "Training step: the levers and the reference implementation" in text
     assert "| compiled network (torch.compile) |" in text and "The reference implementation was not measured" in text
 
 
