@@ -1,7 +1,8 @@
 """Speed and memory of training, side by side in one run.
 
     python benchmarks/speed.py --peer PEER     # all sections (about an hour on 2 cores)
-    python benchmarks/speed.py --section step  # one or more, comma-separated: levers, estimate, floor, step, memory, accuracy, graph
+    python benchmarks/speed.py --section step  # or several, comma-separated, of: levers, estimate, floor, step,
+                                               # memory, accuracy, graph
     python benchmarks/speed.py --smoke         # a minute; checks the script, writes nothing
 
 Sections (each rewrites its own part of benchmarks/RESULTS.md):
