@@ -286,7 +286,7 @@ class _ImageLoss:
         self.config, self.session, self.seed, self.hflip, self.shared = config, session, seed, hflip, shared_noise
         self.shape = data.shape
         self.objective = model.training_objective(config)
-        if shared_noise and (getattr(config, "objective", None) or model.default_objective) != "dsm":
+        if shared_noise and model.objective_of(config) != "dsm":
             raise ValueError("images.shared_noise slices the times and noise of denoising score matching: it needs "
                              "train.objective=dsm (the ELBO draws its own)")
         self.iteration, self.micro = -1, 0

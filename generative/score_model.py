@@ -150,12 +150,16 @@ class ScoreModel(GenerativeModel):
         score = network_score(network, self._trained_sde, condition)
         return negative_elbo(score, self._trained_sde, x0, self.t_min, proposal).mean() / self.dim
 
+    def objective_of(self, config: TrainConfig) -> str:
+        """The objective ``config`` trains with: its ``objective``, or the model's own (``default_objective``)."""
+        return getattr(config, "objective", None) or self.default_objective
+
     def training_objective(self, config: TrainConfig) -> Callable[[int, Tensor, Tensor | None], Tensor]:
         """The loss of ``config.objective`` as a function ``(iteration, x0, condition)`` of the step and its batch,
         calling the network being trained (:attr:`_training_network`); the ELBO's time proposal is rebuilt every
         ``config.proposal_every`` steps from the process being trained. The batch loss of :meth:`fit` and the image
         trainer (:mod:`~sde_control.generative.images`) both draw their batches and call it."""
-        objective = getattr(config, "objective", None) or self.default_objective
+        objective = self.objective_of(config)
         every = getattr(config, "proposal_every", 100)
         proposal: TimeProposal | None = None
         network = self._training_network

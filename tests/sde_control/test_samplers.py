@@ -234,6 +234,8 @@ def test_both_dis_guidances_start_at_the_optimal_control_when_the_target_is_the_
 def test_dis_names_an_unknown_guidance():
     with pytest.raises(ValueError, match="guidance must be one of"):
         DIS(GAUSSIAN, guidance="lerp")
+    with pytest.raises(ValueError, match="the underdamped samplers anneal already"):
+        DIS(GAUSSIAN, guidance="annealed", underdamped=True)
 
 
 def test_dis_refuses_the_adjoint():
