@@ -465,8 +465,8 @@ class DIS(Sampler):
     ``sigma(s) [grad log p_0 + w(s) (s/T)(grad log rho - grad log p_0)]``. Both are exact for the target ``p_0`` with
     weight 1; the annealed one starts near the reference's optimal control for its own prior and learns how much of
     the target to add, where the interpolated one starts with the whole geometric annealing path, whose path KL on
-    the many-well is large (MW-50, 128 steps, 200 iterations of batch 256: ELBO error 25 at the start and 19.5 after
-    training, |log Z error| 6.3; annealed: 8.0, 1.5 and 0.18). Where the interpolated start is good already it
+    the many-well is large (MW-50, 128 steps, 200 iterations of batch 256: ELBO error 24.9 at the start and 20.8 after
+    training, |log Z error| 6.3; annealed: 7.97, 1.47 and 0.18). Where the interpolated start is good already it
     estimates better (Funnel 0.43 against 1.04, DW-5 0.11 against 0.57) and the annealed one diverged in one Funnel
     run: it is an option, not the default (``benchmarks/RESULTS.md``, "DIS's guidance").
 
