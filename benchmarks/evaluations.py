@@ -101,7 +101,8 @@ def sampler_points(problem, cell: dict[str, Any], budget: dict[str, Any]) -> lis
                           evaluate_every=budget["evaluate_every"], eval_samples=budget["eval_samples"],
                           time_limit=budget["time_limit"])
     return [{"iteration": r["iteration"], "evaluations": r["evaluations"], "log_z": r["eval_log_z"],
-             "error": abs(r["eval_log_z"] - problem.log_Z), "ess": r["eval_ess"], "time": r["time"]}
+             "error": abs(r["eval_log_z"] - problem.log_Z), "elbo_error": problem.log_Z - r["eval_elbo"],
+             "ess": r["eval_ess"], "time": r["time"]}
             for r in history if "eval_log_z" in r]
 
 
@@ -131,7 +132,9 @@ def tables(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], note
         f"estimated from {b['eval_samples']} paths every {b['evaluate_every']} iterations; SMC with "
         f"{', '.join(map(str, b['smc_particles']))} particles. One evaluation is one point where the target's log "
         f"density or its gradient is computed, training included. Each entry: the median over seeds of the "
-        f"|log Z error| of the last estimate within that many evaluations (— where none is). Figure: "
+        f"|log Z error| of the last estimate within that many evaluations (— where none is); the last column, the "
+        f"median ELBO error (log Z - ELBO) of the final estimate (cells measured before it was recorded have none). "
+        f"Figure: "
         f"`benchmarks/evaluations.png`. Machine: {machine()}.",
         "",
     ]
@@ -142,7 +145,7 @@ def tables(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], note
         lines.append(f"- missing cells ({len(missing)} of {len(cells)}): " + ", ".join(
             f"`{c}`" + (f" ({reasons[c]})" if c in reasons else " (not run yet)") for c in missing))
     lines.append("")
-    header = ["method"] + [f"≤ 1e{int(math.log10(d))}" for d in DECADES] + ["seeds"]
+    header = ["method"] + [f"≤ 1e{int(math.log10(d))}" for d in DECADES] + ["seeds", "final ELBO error"]
     for name in dict.fromkeys(c["target"] for c in cells):
         rows = []
         for method in dict.fromkeys(c["method"] for c in cells):
@@ -154,7 +157,8 @@ def tables(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], note
             for decade in DECADES:
                 errors = [e for e in (error_at(r["points"], decade) for r in done) if e is not None]
                 row.append(f"{statistics.median(errors):.3g}" if errors else "—")
-            rows.append(row + [str(len(done))])
+            elbo_errors = [r["points"][-1]["elbo_error"] for r in done if "elbo_error" in r["points"][-1]]
+            rows.append(row + [str(len(done)), f"{statistics.median(elbo_errors):.3g}" if elbo_errors else "—"])
         if rows:
             lines += [f"### {TARGETS.get(name, name)}", "", markdown_table(header, rows), ""]
     return "\n".join(lines)
