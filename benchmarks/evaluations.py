@@ -134,7 +134,8 @@ def tables(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], note
         f"{b['steps']} steps, up to {b['iterations']} iterations or {b['time_limit']:.0f} s of training, log Z "
         f"estimated from {b['eval_samples']} paths every {b['evaluate_every']} iterations; SMC with "
         f"{', '.join(map(str, b['smc_particles']))} particles"
-        + "".join(f" ({', '.join(map(str, counts))} on {name})" for name, counts in b.get("smc_particles_of", {}).items())
+        + "".join(f" ({', '.join(map(str, counts))} on {name})"
+                  for name, counts in b.get("smc_particles_of", {}).items())
         + f". One evaluation is one point where the target's log "
         f"density or its gradient is computed, training included. Each entry: the median over seeds of the "
         f"|log Z error| of the last estimate within that many evaluations (— where none is); the last column, the "
@@ -206,7 +207,7 @@ def figure(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], path
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny budget on gmm with dis, cmcd and smc; writes nothing")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget on gmm (dis, cmcd, smc); writes nothing")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=None, help="default: the budget's")

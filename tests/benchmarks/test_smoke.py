@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end at tiny sizes (their timings are not tested)."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,9 @@ def test_evaluations_smoke_resumes_and_notes_what_is_missing(tmp_path):
     first = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
     assert "0 of 3 cells already done" in first
     assert "| dis |" in first and "| cmcd |" in first and "| smc |" in first
+    final_elbo_error = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in first.splitlines()
+                        if line.startswith("| dis |") or line.startswith("| smc |")}
+    assert math.isfinite(float(final_elbo_error["dis"])) and final_elbo_error["smc"] == "—"  # SMC has no ELBO
     assert (out / "evaluations.png").stat().st_size > 0
     second = run("evaluations.py", "--smoke", "--out", str(out), cwd=tmp_path)
     assert "3 of 3 cells already done; running 0" in second
@@ -156,3 +160,14 @@ def test_multivariate_smoke(tmp_path):
     assert "| CLD | gDDIM, order 2 + corrector | - |" in text  # no cell at odd NFE for two evaluations a step
     assert text.count("noise floor (exact against exact)") == 2
     assert (tmp_path / "multivariate_digits.png").stat().st_size > 1000
+
+
+def test_optimal_control_floor_smoke(tmp_path):
+    """At the exact optimal controls (quadrature) every importance-sampled estimate is within five of its delta-method
+    standard errors ``sqrt((1 / ESS - 1) / n)`` of the exact log Z (256 paths, 32 steps)."""
+    text = run("optimal_control_floor.py", "--smoke", cwd=tmp_path)
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| DW-5", "| Funnel"))]
+    assert [row[1].strip() for row in rows] == ["PIS", "DIS", "DDS", "DIS"]
+    for row in rows:
+        error, ess = float(row[4]), float(row[5])
+        assert ess > 0.1 and error < 5 * math.sqrt((1 / ess - 1) / 256), row
