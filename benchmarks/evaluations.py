@@ -226,20 +226,18 @@ def main(argv: list[str] | None = None) -> None:
     targets, notes = available_targets(requested_targets)
     methods = list(requested_methods)
     out = args.out or Path(__file__).resolve().parent / "results" / f"evaluations-{budget_name}"
-    seeds = range(args.seeds or budget["seeds"])
-
-    def grid_of(target_names, method_names):
+    def grid_of(target_names, method_names, seeds):
         return [{"id": f"{t}-{m}-{s}", "budget": budget_name, "target": t, "method": m, "seed": s}
                 for t in target_names for m in method_names for s in seeds]
 
-    run_cells(grid_of(targets, methods), run_cell, out, args.jobs)
-    # The table covers every cell of the full grid on disk, so sittings with parts of it add up.
+    run_cells(grid_of(targets, methods, range(args.seeds or budget["seeds"])), run_cell, out, args.jobs)
+    # The table covers every cell of the full grid (the budget's seeds) on disk, so sittings with parts of it add up.
     if not args.smoke:
         all_targets, notes = available_targets(list(TARGETS))
     else:
         all_targets = targets
     all_methods = methods if args.smoke else list(METHODS)
-    cells = grid_of(all_targets, all_methods)
+    cells = grid_of(all_targets, all_methods, range(budget["seeds"]))
     results = {c["id"]: json.loads((out / f"{c['id']}.json").read_text()) for c in cells
                if (out / f"{c['id']}.json").exists()}
     text = tables(results, cells, notes, budget_name)
