@@ -4,6 +4,9 @@ uninterrupted one bit for bit, two gloo ranks with half batches equal to one pro
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,6 +171,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+_RANK = """import importlib.util, pathlib, sys
+spec = importlib.util.spec_from_file_location("parity", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+module._parity_run(int(sys.argv[2]), 2, int(sys.argv[3]), pathlib.Path(sys.argv[4]), sys.argv[5] == "1")
+"""
+
+
+def _two_ranks(directory: Path, learned: bool = False) -> None:
+    """Two gloo ranks of :func:`_parity_run`, each a fresh interpreter (a fork of the pytest process, with the
+    threads of the tests before it, once hung a rank in a futex), with a time limit in place of gloo's 30 minutes."""
+    port = _free_port()
+    ranks = [subprocess.Popen([sys.executable, "-c", _RANK, __file__, str(rank), str(port), str(directory),
+                               str(int(learned))]) for rank in (0, 1)]
+    try:
+        codes = [rank.wait(timeout=300) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert codes == [0, 0]
+
+
 def _parity_run(rank, world_size, port, directory, learned=False):
     """One rank: a global batch of 16 split over ``world_size`` ranks, noise drawn for the global batch and sliced
     (``learned``: MDM's learned diffusion by its ELBO, each rank drawing its own noise; every rank saves its
@@ -198,8 +223,7 @@ def _parity_run(rank, world_size, port, directory, learned=False):
 
 
 def test_two_gloo_ranks_with_half_batches_equal_one_process(tmp_path):
-    torch.multiprocessing.start_processes(_parity_run, args=(2, _free_port(), tmp_path / "two"), nprocs=2, join=True,
-                                          start_method="fork")  # (fork: no second import of the libraries)
+    _two_ranks(tmp_path / "two")
     _parity_run(0, 1, None, tmp_path / "one")
     two = torch.load(tmp_path / "two" / "parameters-2-0.pt", weights_only=True)
     one = torch.load(tmp_path / "one" / "parameters-1-0.pt", weights_only=True)
@@ -217,8 +241,7 @@ def test_a_learned_diffusion_stays_in_lockstep_over_ranks(tmp_path):
     averaged with the network's (:class:`~sde_control.generative.score_model.ScoreAndProcess`), so two ranks that
     read different images and draw different noise end with the same parameters, the process's included, which have
     moved (without the average each rank would follow its own gradients)."""
-    torch.multiprocessing.start_processes(_parity_run, args=(2, _free_port(), tmp_path, True), nprocs=2, join=True,
-                                          start_method="fork")
+    _two_ranks(tmp_path, learned=True)
     ranks = [torch.load(tmp_path / f"parameters-2-{rank}.pt", weights_only=True) for rank in (0, 1)]
     for name, value in ranks[0]["network"].items():
         torch.testing.assert_close(ranks[1]["network"][name], value, rtol=1e-6, atol=1e-7, msg=name)
