@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     targets, notes = available_targets(requested_targets)
     methods = list(requested_methods)
     out = args.out or Path(__file__).resolve().parent / "results" / f"evaluations-{budget_name}"
+
     def grid_of(target_names, method_names, seeds):
         return [{"id": f"{t}-{m}-{s}", "budget": budget_name, "target": t, "method": m, "seed": s}
                 for t in target_names for m in method_names for s in seeds]
