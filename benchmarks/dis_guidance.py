@@ -34,8 +34,8 @@ def main() -> None:
                                              for g in ("interpolated", "annealed")]:
         torch.manual_seed(0)
         est = DIS(problem, steps=steps, guidance=guidance).estimate_log_z(PATHS)
-        rows.append([name, str(steps), guidance, f"{problem.log_Z - est.elbo:.3g}", f"{abs(est.log_z - problem.log_Z):.3g}",
-                     f"{est.ess:.3g}"])
+        rows.append([name, str(steps), guidance, f"{problem.log_Z - est.elbo:.3g}",
+                     f"{abs(est.log_z - problem.log_Z):.3g}", f"{est.ess:.3g}"])
     text = "\n".join([
         "## DIS's guidances before training",
         "",

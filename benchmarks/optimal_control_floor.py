@@ -57,12 +57,26 @@ def gaussian_mixture_score(x: Tensor, log_weights: Tensor, scale: Tensor, var: T
     return (torch.softmax(log_kernel, -1) * (scale * NODES - x.double())).sum(-1, keepdim=True) / var
 
 
-def optimal_control(reference: Reference, log_rho: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """The exact optimal control of ``reference`` for the 1-d density ``exp(log_rho)`` on ``NODES`` (see above)."""
+def noising_transition(reference: Reference, s: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a_t, g_t)`` of DIS's noising SDE from time 0 to ``t = T - s``: ``X_t = a_t X_0 + sqrt(g_t) xi``."""
     T = torch.tensor(reference.T, dtype=torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
+    return reference.sde.transition(torch.zeros((), dtype=torch.float64), (T - s.double()).clamp_min(1e-9))
+
+
+Field = Callable[[Tensor, Tensor], Tensor]
+"""A function ``(x, s)`` of the state and the generation time."""
+
+
+def control_of(reference: Reference, grad_log: Field) -> Field:
+    """The control ``u(x, s) = sigma(s) grad_log(x, s)`` in the dtype of ``x``."""
+    return lambda x, s: (reference.diffusion(s).double() * grad_log(x, s)).to(x)
+
+
+def optimal_control(reference: Reference, log_rho: Tensor) -> Field:
+    """The exact optimal control of ``reference`` for the 1-d density ``exp(log_rho)`` on ``NODES`` (see above)."""
     if isinstance(reference, ForwardReference):
         log_ratio = log_rho + NODES.square() / (2 * reference.terminal_var)
+        T = torch.tensor(reference.T, dtype=torch.float64)
 
         def grad_log(x: Tensor, s: Tensor) -> Tensor:
             e, gamma = reference.sde.transition(s.double(), T)
@@ -70,35 +84,31 @@ def optimal_control(reference: Reference, log_rho: Tensor) -> Callable[[Tensor, 
             return gaussian_mixture_score(x, log_ratio, 1 / e, gamma / e**2)
     else:
         def grad_log(x: Tensor, s: Tensor) -> Tensor:
-            a, g = reference.sde.transition(zero, (T - s.double()).clamp_min(1e-9))
-            return gaussian_mixture_score(x, log_rho, a, g)
+            return gaussian_mixture_score(x, log_rho, *noising_transition(reference, s))
 
-    return lambda x, s: (reference.diffusion(s).double() * grad_log(x, s)).to(x)
+    return control_of(reference, grad_log)
 
 
-def funnel_dis_control(reference: Reference, funnel: Funnel) -> Callable[[Tensor, Tensor], Tensor]:
+def funnel_dis_control(reference: Reference, funnel: Funnel) -> Field:
     """DIS's exact optimal control ``sigma(s) grad log p_{T-s}`` for the Funnel (module docstring): the score is the
     posterior mean over ``y_1`` of ``(a y_1 - x_1) / g`` for ``x_1`` and of ``-x_i / v(y_1)`` for the others."""
-    T = torch.tensor(reference.T, dtype=torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
     log_prior = -0.5 * (FUNNEL_NODES / funnel.scale).square()
     rest = funnel.dim - 1
 
-    def control(x: Tensor, s: Tensor) -> Tensor:
-        a, g = reference.sde.transition(zero, (T - s.double()).clamp_min(1e-9))
+    def grad_log(x: Tensor, s: Tensor) -> Tensor:
+        a, g = noising_transition(reference, s)
         x = x.double()
         v = a**2 * FUNNEL_NODES.exp() + g
         radius2 = x[:, 1:].square().sum(-1, keepdim=True)
         log_post = log_prior - (x[:, :1] - a * FUNNEL_NODES).square() / (2 * g) - radius2 / (2 * v) - rest / 2 * v.log()
         post = torch.softmax(log_post, -1)
-        score = torch.cat([(post * (a * FUNNEL_NODES - x[:, :1])).sum(-1, keepdim=True) / g,
-                           -x[:, 1:] * (post / v).sum(-1, keepdim=True)], dim=1)
-        return (reference.diffusion(s).double() * score).float()
+        return torch.cat([(post * (a * FUNNEL_NODES - x[:, :1])).sum(-1, keepdim=True) / g,
+                          -x[:, 1:] * (post / v).sum(-1, keepdim=True)], dim=1)
 
-    return control
+    return control_of(reference, grad_log)
 
 
-def at_optimum(problem, reference: Reference, control, steps: int, paths: int) -> LogZEstimate:
+def at_optimum(problem, reference: Reference, control: Field, steps: int, paths: int) -> LogZEstimate:
     torch.manual_seed(0)
     with torch.no_grad():
         grid = time_grid(reference.T, steps)
@@ -134,9 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         "## The samplers at the exact optimal control",
         "",
         f"Command: `python benchmarks/optimal_control_floor.py`. ELBO error (log Z - ELBO), |log Z error| of the "
-        f"importance-sampled estimate and ESS of {budget['paths']} paths at the exact optimal control (by quadrature; the "
-        f"script's docstring): on one coordinate of DW-5 (`-(x^2 - 4)^2`), with five times its ELBO error in the last "
-        f"column, DW-5's (its coordinates are independent); on the Funnel for DIS. What is left is the time grid's. "
+        f"importance-sampled estimate and ESS of {budget['paths']} paths at the exact optimal control (by quadrature; "
+        f"the script's docstring): on one coordinate of DW-5 (`-(x^2 - 4)^2`), with five times its ELBO error in the "
+        f"last column, DW-5's (its coordinates are independent); on the Funnel for DIS. "
+        f"What is left is the time grid's. "
         f"Each sampler's default reference; seed 0; {machine()}.",
         "",
         markdown_table(["target", "sampler", "steps", "ELBO error", "abs. log Z error", "ESS", "ELBO error, DW-5"],
