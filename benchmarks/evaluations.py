@@ -50,7 +50,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # About 10 minutes of training per cell at most on one core of this project's CPU.
     "cpu": dict(batch_size=256, steps=128, iterations=1000, evaluate_every=100, eval_samples=2000, time_limit=600.0,
                 seeds=3, smc_particles=(256, 1024, 4096, 16384),
-                # SMC on LGCP takes about 0.19 s per particle with its defaults: 16384 particles would take 50 minutes.
+                # SMC on LGCP takes about 0.17 s a particle with its defaults (the lgcp-smc cell: 231 s for these
+                # three runs), so 16384 particles would take 45 minutes.
                 smc_particles_of={"lgcp": (64, 256, 1024)}),
     "smoke": dict(batch_size=16, steps=8, iterations=4, evaluate_every=2, eval_samples=32, time_limit=60.0, seeds=1,
                   smc_particles=(32, 64)),
