@@ -8,6 +8,11 @@ r"""Path-space losses on the log-weight of :mod:`sde_control.weights`.
   exploration noise), weight them with ``u`` (and the backward control ``w``), and minimise the sample variance of
   ``log w``; no gradient flows through the path. ``chunk`` computes it in two passes with memory flat in the
   number of steps.
+* KL by the log-derivative trick (``kl_ld``; Sanokowski et al. 2025, "Rethinking losses for diffusion bridge
+  samplers"): the reverse KL's gradient on paths drawn with the detached control, for samplers that learn a backward
+  process (the Bridge, CMCD). Where only the forward control is learned its gradient is half the on-policy
+  log-variance gradient; where the backward one is learned too, the log-variance loss is blind to a shift of
+  ``E[log w]`` that this one penalises.
 
 Paths whose ``log w`` is ``-inf`` (they ended where the target's density is zero) are left out of the loss and
 counted (``LossOutput.dropped``); the estimators keep them as ``w = 0``. A batch in which every path is such
@@ -189,4 +194,41 @@ class _SecondPass(torch.autograd.Function):
         return (None, None, *ctx.gradient(grad_output))
 
 
-LOSSES = {"kl": kl_loss, "lv": log_variance_loss}
+def kl_log_derivative_loss(
+    target: Target,
+    reference: Reference,
+    control: Control,
+    x0: Tensor,
+    grid: Tensor,
+    *,
+    backward: Control | None = None,
+    graph_safe: bool = False,
+) -> LossOutput:
+    r"""The reverse KL ``E_q[-log w]`` (value: minus the batch's ELBO) with the gradient of the log-derivative trick
+    on paths drawn with the detached control. With ``log w = log rho + R + F_u + G_w`` (``F_u = log q_0/q_u`` of the
+    path, ``G_w`` the backward control's kernel ratio, ``R`` free of parameters) and paths from ``q_u``,
+
+    .. math::  \nabla \mathrm{KL} = E_q\big[(\log w - E_q \log w)\, \nabla F_u\big] - E_q\big[\nabla G_w\big],
+
+    since ``\nabla \log q_u = -\nabla F_u`` and ``E_q[\nabla \log q_u] = 0``: the forward control's gradient is a
+    score-function one with the mean as baseline (half the on-policy log-variance gradient), the backward control's
+    the likelihood of the forward paths under the backward process (where the log-variance gradient,
+    ``2 E[(log w - E log w) \nabla G_w]``, is blind to a shift of every ``log w`` alike). A shared network (CMCD)
+    gets the sum. No exploration: the trick needs the paths' own law. ``graph_safe``: see :func:`kl_loss`.
+    """
+    trajectory = simulate_chain(control, reference, x0, grid, backward=backward, detach_drift=True,
+                                stream_noise=graph_safe, keep_states=False)
+    log_w = log_weight(target, reference, trajectory, validate=not graph_safe)
+    finite, dropped = _finite(log_w, graph_safe)
+    n = finite.sum()
+
+    def mean(values: Tensor | float) -> Tensor:
+        return torch.where(finite, values, 0.0).sum() / n
+
+    centred = torch.where(finite, log_w.detach() - mean(log_w.detach()), 0.0)  # no -inf times a gradient
+    surrogate = mean(centred * trajectory.log_control_ratio) - mean(trajectory.backward_cost)
+    loss = -mean(log_w.detach()) + (surrogate - surrogate.detach())  # the KL's value, the surrogate's gradient
+    return LossOutput(loss, log_w.detach(), dropped)
+
+
+LOSSES = {"kl": kl_loss, "lv": log_variance_loss, "kl_ld": kl_log_derivative_loss}

@@ -49,7 +49,9 @@ class SamplerTraining(TrainConfig):
     """A sampler's training run: the loop's settings (:class:`~sde_control.training.TrainConfig`) and
 
     Args:
-        loss: ``"lv"`` (log-variance) or ``"kl"``.
+        loss: ``"lv"`` (log-variance), ``"kl"`` (reverse KL through the path) or ``"kl_ld"`` (reverse KL by the
+            log-derivative trick, :func:`~sde_control.losses.kl_log_derivative_loss`: for the samplers that learn a
+            backward process, the Bridge and CMCD, on which the log-variance loss can drift).
         exploration: the log-variance loss's behaviour noise ``eta`` (the path's noise widened by ``sqrt(1 +
             eta^2)``, :func:`~sde_control.integrate.simulate_chain`); ``None``: the sampler's
             ``default_exploration`` for ``loss="lv"``, 0 for ``"kl"`` (whose paths are its own: it cannot explore).
@@ -316,10 +318,12 @@ class Sampler(Checkpointable):
             self._set("clip", clip)
             grid = time_grid(self.reference.T, steps)
             x0 = self.reference.sample_initial(config.batch_size, self.device)
-            if config.loss == "kl":
-                options = {"adjoint": True, "adjoint_method": self.adjoint_method} if config.adjoint else {}
-            else:
+            if config.loss == "lv":
                 options = {"exploration": exploration, "chunk": config.lv_chunk}
+            elif config.adjoint:
+                options = {"adjoint": True, "adjoint_method": self.adjoint_method}
+            else:
+                options = {}
             out = LOSSES[config.loss](self.counted, self.reference, forward, x0, grid, backward=backward,
                                       graph_safe=config.cuda_graph, **options)
             ledger.measure(iteration, key(iteration), self.counted.count - before)

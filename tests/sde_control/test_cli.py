@@ -48,9 +48,13 @@ def test_the_new_samplers_from_their_configs(tmp_path):
     assert result.returncode == 0, result.stderr
     result = run_cli(*TINY, "sampler=cmcd", "loss=kl", f"hydra.run.dir={tmp_path / 'kl'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    runs = [json.loads(p.read_text()) for p in (*(tmp_path / "sweep").glob("*/results.json"), tmp_path / "kl" / "results.json")]
+    result = run_cli(*TINY, "sampler=bridge", "loss=kl_ld", f"hydra.run.dir={tmp_path / 'kl_ld'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(p.read_text()) for p in (*(tmp_path / "sweep").glob("*/results.json"),
+                                                 tmp_path / "kl" / "results.json", tmp_path / "kl_ld" / "results.json")]
     assert sorted((r["sampler"], r["loss"]) for r in runs) == sorted(
-        [("Bridge", "lv"), ("CMCD", "lv"), ("DIS (underdamped)", "lv"), ("Bridge (underdamped)", "lv"), ("CMCD", "kl")])
+        [("Bridge", "lv"), ("CMCD", "lv"), ("DIS (underdamped)", "lv"), ("Bridge (underdamped)", "lv"), ("CMCD", "kl"),
+         ("Bridge", "kl_ld")])
     assert all(r["evaluations"] > 0 for r in runs)
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from sde_control.controls import ControlMLP
 from sde_control.integrate import simulate_chain
-from sde_control.losses import kl_loss, log_variance_loss
+from sde_control.losses import kl_log_derivative_loss, kl_loss, log_variance_loss
 from sde_control.references import ForwardReference, TimeReversalReference, time_grid
 from sde_control.sdes import VP, ScaledBrownian
 from sde_control.weights import log_weight
@@ -269,3 +269,44 @@ def test_detach_score_removes_the_second_order_term_from_the_kl_gradient_only():
     assert (kl_grad - kl_grad_d).norm() > 1e-3 * kl_grad.norm()
     torch.testing.assert_close(results["log_variance_loss", False][1], results["log_variance_loss", True][1],
                                rtol=1e-12, atol=1e-14)
+
+
+def test_kl_log_derivative_gradient_is_half_the_log_variance_one_for_the_forward_control_and_the_kls_for_the_backward():
+    """On the same paths (same seed) of a Bridge-like pair of controls: the forward control's gradient is that of
+    ``mean((log w - mean) F_u)``, i.e. the on-policy log-variance gradient times ``(n - 1) / 2n``; the backward
+    control does not move the path, so its gradient is the reparametrised KL's, ``-mean(grad G_w)``, exactly; the
+    value is ``-mean(log w)``."""
+    reference, forward, backward = bridge_setup()
+    grid = time_grid(1.0, 12)
+    n = 200
+    x0 = reference.sample_initial(n).double()
+    results = {}
+    for loss in (kl_log_derivative_loss, log_variance_loss, kl_loss):
+        for module in (forward, backward):
+            module.zero_grad()
+        torch.manual_seed(4)
+        out = loss(TARGET, reference, forward, x0, grid, backward=backward)
+        out.loss.backward()
+        results[loss.__name__] = (out, grads(forward), grads(backward))
+    ld, ld_forward, ld_backward = results["kl_log_derivative_loss"]
+    _, lv_forward, lv_backward = results["log_variance_loss"]
+    kl, _, kl_backward = results["kl_loss"]
+    torch.testing.assert_close(ld_forward * 2 * n / (n - 1), lv_forward, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ld_backward, kl_backward, rtol=1e-9, atol=1e-12)
+    assert (ld_backward - lv_backward).norm() > 0.1 * ld_backward.norm()  # where the two losses part
+    torch.testing.assert_close(ld.log_weights, kl.log_weights, rtol=1e-12, atol=1e-12)
+    assert float(ld.loss.detach()) == pytest.approx(-float(ld.log_weights.mean()), rel=1e-12)
+
+
+def test_kl_log_derivative_loss_leaves_out_paths_outside_the_support():
+    """A path whose target density is zero gets no weight in the loss and no NaN in the gradient."""
+    target = Gaussian(torch.tensor([1.0, -0.5], dtype=torch.float64), 0.3)
+    outside = lambda x: torch.where(x[:, 0] > 2.5, -math.inf, target.log_prob(x))  # noqa: E731
+    cut = type("Cut", (), {"dim": 2, "log_prob": staticmethod(outside)})()
+    reference, forward, backward = bridge_setup()
+    x0 = reference.sample_initial(256).double()
+    torch.manual_seed(5)
+    out = kl_log_derivative_loss(cut, reference, forward, x0, time_grid(1.0, 8), backward=backward)
+    out.loss.backward()
+    assert out.dropped > 0 and torch.isfinite(out.loss)
+    assert torch.isfinite(grads(forward)).all() and torch.isfinite(grads(backward)).all()

@@ -1,6 +1,7 @@
 """Samplers end to end: bad input fails loudly, nothing is lost, save/load round trips."""
 
 import functools
+import math
 
 import pytest
 import torch
@@ -409,12 +410,14 @@ def test_log_variance_explores_by_default_and_the_kl_loss_refuses_to():
     assert PIS.default_exploration > 0
     assert SamplerTraining(loss="lv").exploration_for(PIS.default_exploration) == PIS.default_exploration
     assert SamplerTraining(loss="kl").exploration_for(PIS.default_exploration) == 0.0
+    assert SamplerTraining(loss="kl_ld").exploration_for(PIS.default_exploration) == 0.0
     assert SamplerTraining(loss="lv", exploration=0.0).exploration_for(PIS.default_exploration) == 0.0
     decaying = SamplerTraining(iterations=100, loss="lv", exploration=2.0, exploration_end=0.25)
     assert [decaying.exploration_for(0.0, i) for i in (0, 9, 10, 50, 89, 90, 99)] == pytest.approx(
         [2.0, 2.0, 2.0 * (1 - 0.75 / 9), 2.0 * (1 - 0.75 * 5 / 9), 2.0 * (1 - 0.75 * 8 / 9), 0.5, 0.5])
-    with pytest.raises(ValueError, match="exploration applies to the log-variance loss only"):
-        sampler.fit(2, loss="kl", exploration=1.0, progress=False)
+    for loss in ("kl", "kl_ld"):
+        with pytest.raises(ValueError, match="exploration applies to the log-variance loss only"):
+            sampler.fit(2, loss=loss, exploration=1.0, progress=False)
 
 
 def test_the_adjoint_history_logs_only_the_loss():
@@ -422,13 +425,15 @@ def test_the_adjoint_history_logs_only_the_loss():
     assert "log_z" not in history[-1] and "ess" not in history[-1] and history[-1]["evaluations"] > 0
 
 
+@pytest.mark.parametrize("loss", ["lv", "kl", "kl_ld"])
 @pytest.mark.parametrize("name", ["bridge", "cmcd", "bridge_ud"])
-def test_samplers_with_backward_controls_learn_both(name):
-    """A Bridge's or CMCD's backward control is trained with its forward one: after a few steps both have moved."""
+def test_samplers_with_backward_controls_learn_both(name, loss):
+    """A Bridge's or CMCD's backward control is trained with its forward one, by each loss: after a few steps both
+    have moved."""
     sampler = SAMPLERS[name](GAUSSIAN, steps=10, width=8, depth=2)
     before = {k: v.clone() for k, v in sampler.control.state_dict().items()}
-    for loss in ("lv", "kl"):
-        sampler.fit(3, batch_size=32, loss=loss, progress=False, resume=False)
+    history = sampler.fit(3, batch_size=32, loss=loss, progress=False)
+    assert all(math.isfinite(r["loss"]) for r in history)
     moved = {k for k, v in sampler.control.state_dict().items() if not torch.equal(v, before[k])}
     if name == "cmcd":
         assert any(k.startswith("network.") for k in moved)
