@@ -171,3 +171,9 @@ def test_optimal_control_floor_smoke(tmp_path):
     for row in rows:
         error, ess = float(row[4]), float(row[5])
         assert ess > 0.1 and error < 5 * math.sqrt((1 / ess - 1) / 256), row
+
+
+def test_bridge_losses_smoke(tmp_path):
+    text = run("bridge_losses.py", "--smoke", "--out", str(tmp_path / "cells"), "--jobs", "1", cwd=tmp_path)
+    assert "| GMM-9 (d=2) | bridge | lv | 0 |" in text and "| GMM-9 (d=2) | bridge | kl_ld | 0 |" in text
+    assert "missing cells" not in text
