@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, run_cells, target, write_section  # noqa: E402
-from evaluations import BUDGETS, SAMPLERS, TARGETS  # noqa: E402
+from evaluations import BUDGETS, TARGETS, train  # noqa: E402
 
 BACKWARD_SAMPLERS = ("bridge", "bridge_ud", "cmcd")
 LOSSES = ("lv", "kl_ld")
@@ -43,11 +43,8 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cell["seed"])
     started = time.perf_counter()
     problem = target(cell["target"])
-    sampler = SAMPLERS[cell["sampler"]](problem, steps=budget["steps"])
     try:
-        history = sampler.fit(budget["iterations"], batch_size=budget["batch_size"], loss=cell["loss"],
-                              progress=False, evaluate_every=budget["evaluate_every"],
-                              eval_samples=budget["eval_samples"], time_limit=budget["time_limit"])
+        history = train(problem, cell["sampler"], budget, loss=cell["loss"])
     except Exception as error:  # noqa: BLE001 - a diverged cell is reported, not fatal to the sitting
         return {"error": f"{type(error).__name__}: {error}"}
     points, block = [], []

@@ -99,11 +99,16 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     return {"points": points, "log_z_exact": problem.log_Z, "wall_time_s": time.perf_counter() - started}
 
 
+def train(problem, method: str, budget: dict[str, Any], loss: str = "lv") -> list[dict[str, Any]]:
+    """Train ``method`` on ``problem`` at ``budget`` (estimates every ``evaluate_every`` iterations); the history."""
+    sampler = SAMPLERS[method](problem, steps=budget["steps"])
+    return sampler.fit(budget["iterations"], batch_size=budget["batch_size"], loss=loss, progress=False,
+                       evaluate_every=budget["evaluate_every"], eval_samples=budget["eval_samples"],
+                       time_limit=budget["time_limit"])
+
+
 def sampler_points(problem, cell: dict[str, Any], budget: dict[str, Any]) -> list[dict[str, float]]:
-    sampler = SAMPLERS[cell["method"]](problem, steps=budget["steps"])
-    history = sampler.fit(budget["iterations"], batch_size=budget["batch_size"], loss="lv", progress=False,
-                          evaluate_every=budget["evaluate_every"], eval_samples=budget["eval_samples"],
-                          time_limit=budget["time_limit"])
+    history = train(problem, cell["method"], budget)
     return [{"iteration": r["iteration"], "evaluations": r["evaluations"], "log_z": r["eval_log_z"],
              "error": abs(r["eval_log_z"] - problem.log_Z), "elbo_error": problem.log_Z - r["eval_elbo"],
              "ess": r["eval_ess"], "time": r["time"]}

@@ -130,7 +130,7 @@ def log_variance_loss(
         log_w = log_weight(target, reference, trajectory, validate=not graph_safe)
         finite, dropped = _finite(log_w, graph_safe)
         n = finite.sum()
-        centred = torch.where(finite, log_w - torch.where(finite, log_w, 0.0).sum() / n, 0.0)
+        centred = torch.where(finite, log_w - _masked_mean(log_w, finite), 0.0)
         coefficients = 2 * centred / (n - 1)
         value = centred.square().sum() / (n - 1)
     modules = [m for m in (control, backward) if isinstance(m, nn.Module)]
@@ -142,11 +142,14 @@ def log_variance_loss(
     return LossOutput(_SecondPass.apply(value, gradient, *params), behaviour_log_weight(log_w, trajectory), dropped)
 
 
+def _masked_mean(values: Tensor | float, finite: Tensor) -> Tensor:
+    """The mean over the paths marked ``finite`` (no host sync, no gradient through the others)."""
+    return torch.where(finite, values, 0.0).sum() / finite.sum()
+
+
 def _masked_variance(log_w: Tensor, finite: Tensor) -> Tensor:
     """The sample variance of the finite entries (no host sync, no gradient through the others)."""
-    n = finite.sum()
-    mean = torch.where(finite, log_w, 0.0).sum() / n
-    return torch.where(finite, log_w - mean, 0.0).square().sum() / (n - 1)
+    return torch.where(finite, log_w - _masked_mean(log_w, finite), 0.0).square().sum() / (finite.sum() - 1)
 
 
 def _chunked_gradient(reference: Reference, control: Control, backward: Control | None, trajectory,
@@ -220,14 +223,11 @@ def kl_log_derivative_loss(
                                 stream_noise=graph_safe, keep_states=False)
     log_w = log_weight(target, reference, trajectory, validate=not graph_safe)
     finite, dropped = _finite(log_w, graph_safe)
-    n = finite.sum()
-
-    def mean(values: Tensor | float) -> Tensor:
-        return torch.where(finite, values, 0.0).sum() / n
-
-    centred = torch.where(finite, log_w.detach() - mean(log_w.detach()), 0.0)  # no -inf times a gradient
-    surrogate = mean(centred * trajectory.log_control_ratio) - mean(trajectory.backward_cost)
-    loss = -mean(log_w.detach()) + (surrogate - surrogate.detach())  # the KL's value, the surrogate's gradient
+    elbo = _masked_mean(log_w.detach(), finite)
+    centred = torch.where(finite, log_w.detach() - elbo, 0.0)  # no -inf times a gradient
+    surrogate = (_masked_mean(centred * trajectory.log_control_ratio, finite)
+                 - _masked_mean(trajectory.backward_cost, finite))
+    loss = -elbo + (surrogate - surrogate.detach())  # the KL's value, the surrogate's gradient
     return LossOutput(loss, log_w.detach(), dropped)
 
 
