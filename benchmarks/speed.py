@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -335,12 +336,16 @@ def peak_resident_mib() -> float:
 
 
 def memory_section(step_counts: list[int], batch: int) -> str:
-    peaks: dict[str, list[float]] = {name: [] for name in MEMORY_MODES}
-    for name, mode in MEMORY_MODES.items():
-        for steps in step_counts:
-            out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(steps), str(batch)],
-                                 capture_output=True, text=True, check=True)
-            peaks[name].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
+    def peak(mode: str, steps: int) -> float:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(steps), str(batch)],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+    # Two children at a time: each measures its own peak, so running them side by side changes no number.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: [pool.submit(peak, mode, steps) for steps in step_counts]
+                   for name, mode in MEMORY_MODES.items()}
+    peaks = {name: [future.result() for future in results] for name, results in futures.items()}
     rows = [[mode] + [f"{p:.0f}" for p in values] + [f"{100 * (values[-1] / values[0] - 1):+.0f} %"]
             for mode, values in peaks.items()]
     return "\n".join([

@@ -112,7 +112,10 @@ def test_gpu_images_smoke_runs_on_the_cpu(tmp_path):
     assert "| 20 x 16 |" in text and "| 1 x float32 |" in text  # the short run, and torchrun's one process
 
 
+@pytest.mark.slow
 def test_images_digits_smoke(tmp_path):
+    """Two runs of the script (20 s alone on this 2-core machine, 46 s beside two busy processes); the models it
+    drives are tested in tests/generative/test_images.py, so it stays out of CI."""
     text = run("images_digits.py", "--budget", "smoke", "--models", "vsdm,cld", "--out", str(tmp_path / "runs"),
                cwd=tmp_path)
     assert "| VSDM (DCT-diagonal A_t) |" in text and "| CLD (2 channels) |" in text and "| VP |" not in text
@@ -150,7 +153,10 @@ def test_vsdm_vs_vp_smoke(tmp_path):
     assert "| spiral (8x along y) | VSDM (A_t), standardised data | 10 |" in text
 
 
+@pytest.mark.slow
 def test_multivariate_smoke(tmp_path):
+    """Three runs of the script (42 s alone on this 2-core machine, 87 s beside two busy processes); the diffusions,
+    likelihoods and samplers it drives are tested in tests/generative, so it stays out of CI."""
     common = ("--budget", "smoke", "--out", str(tmp_path / "cells"), "--table", str(tmp_path / "MULTIVARIATE.md"))
     run("multivariate.py", "likelihood", "--models", "vp,cld,mdm,ndm", *common, cwd=tmp_path)
     samplers = ("--samplers", "gddim2c,em")
