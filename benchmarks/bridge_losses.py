@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, run_cells, target, write_section  # noqa: E402
-from evaluations import BUDGETS, TARGETS, train  # noqa: E402
+from evaluations import BUDGETS, TARGETS, estimate_point, train  # noqa: E402
 
 BACKWARD_SAMPLERS = ("bridge", "bridge_ud", "cmcd")
 LOSSES = ("lv", "kl_ld")
@@ -52,9 +52,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         if "loss" in record:
             block.append(record["loss"])
         if "eval_log_z" in record:
-            points.append({"iteration": record["iteration"], "loss": statistics.median(block),
-                           "error": abs(record["eval_log_z"] - problem.log_Z),
-                           "elbo_error": problem.log_Z - record["eval_elbo"], "ess": record["eval_ess"]})
+            points.append({**estimate_point(record, problem), "loss": statistics.median(block)})
             block = []
     return {"points": points, "wall_time_s": time.perf_counter() - started}
 

@@ -107,12 +107,15 @@ def train(problem, method: str, budget: dict[str, Any], loss: str = "lv") -> lis
                        time_limit=budget["time_limit"])
 
 
+def estimate_point(record: dict[str, Any], problem) -> dict[str, float]:
+    """One estimate of a training history (an entry with ``eval_log_z``) against the target's exact log Z."""
+    return {"iteration": record["iteration"], "evaluations": record["evaluations"], "log_z": record["eval_log_z"],
+            "error": abs(record["eval_log_z"] - problem.log_Z), "elbo_error": problem.log_Z - record["eval_elbo"],
+            "ess": record["eval_ess"], "time": record["time"]}
+
+
 def sampler_points(problem, cell: dict[str, Any], budget: dict[str, Any]) -> list[dict[str, float]]:
-    history = train(problem, cell["method"], budget)
-    return [{"iteration": r["iteration"], "evaluations": r["evaluations"], "log_z": r["eval_log_z"],
-             "error": abs(r["eval_log_z"] - problem.log_Z), "elbo_error": problem.log_Z - r["eval_elbo"],
-             "ess": r["eval_ess"], "time": r["time"]}
-            for r in history if "eval_log_z" in r]
+    return [estimate_point(r, problem) for r in train(problem, cell["method"], budget) if "eval_log_z" in r]
 
 
 def smc_points(problem, particle_counts: tuple[int, ...]) -> list[dict[str, float]]:
