@@ -57,6 +57,12 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     return {"points": points, "wall_time_s": time.perf_counter() - started}
 
 
+def grid(budget: str, targets: list[str], samplers: list[str], losses: list[str], seeds: int) -> list[dict[str, Any]]:
+    """The cells of every (target, sampler, loss, seed) combination at one budget."""
+    return [{"id": f"{t}-{s}-{loss}-{seed}", "budget": budget, "target": t, "sampler": s, "loss": loss,
+             "seed": seed} for t in targets for s in samplers for loss in losses for seed in range(seeds)]
+
+
 def table(results: dict[str, dict[str, Any]], cells: list[dict[str, Any]], budget: str) -> str:
     b = BUDGETS[budget]
     header = ["target", "sampler", "loss", "seed"] + [f"loss / ELBO error at {i}" for i in REPORTED] + [
@@ -113,15 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown: {', '.join(unknown)}; targets {', '.join(TARGETS)}, samplers "
                          f"{', '.join(BACKWARD_SAMPLERS)}, losses {', '.join(LOSSES)}")
-    def grid_of(targets, samplers, losses, seeds):
-        return [{"id": f"{t}-{s}-{loss}-{seed}", "budget": budget, "target": t, "sampler": s, "loss": loss,
-                 "seed": seed} for t in targets for s in samplers for loss in losses for seed in range(seeds)]
-
     out = args.out or Path(__file__).resolve().parent / "results" / f"bridge-losses-{budget}"
-    run_cells(grid_of(targets, samplers, losses, seeds), run_cell, out, args.jobs)
+    run_cells(grid(budget, targets, samplers, losses, seeds), run_cell, out, args.jobs)
     # The table: the default grid (so that a sitting with a part of it does not shrink it) and what was asked.
-    default = [] if args.smoke else grid_of(["double_well"], BACKWARD_SAMPLERS, LOSSES, 2)
-    cells = list({c["id"]: c for c in default + grid_of(targets, samplers, losses, seeds)}.values())
+    default = [] if args.smoke else grid(budget, ["double_well"], BACKWARD_SAMPLERS, LOSSES, 2)
+    cells = list({c["id"]: c for c in default + grid(budget, targets, samplers, losses, seeds)}.values())
     results = {c["id"]: json.loads((out / f"{c['id']}.json").read_text()) for c in cells
                if (out / f"{c['id']}.json").exists()}
     text = table(results, cells, budget)
